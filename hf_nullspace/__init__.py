@@ -1,0 +1,1 @@
+"""hf_nullspace: approximate nullspace augmented finetuning for Hugging Face vision transformers."""
