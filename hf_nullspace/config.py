@@ -1,0 +1,128 @@
+"""`NullspaceArguments`: every hyperparameter of noise synthesis and nullspace augmented finetuning."""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+NULLSPACE_MODES = ("nullspace", "random", "none")
+NOISE_OBJECTIVES = ("logit_mse", "log_norm")
+
+
+@dataclass
+class NullspaceArguments:
+    """
+    Hyperparameters of approximate nullspace augmented finetuning (Liu et al., CPAL 2025). The defaults are the
+    authors' ImageNet settings (see `reference/ALGORITHM.md`). Every field name starts with `nullspace_`, `noise_` or
+    `noisy_` so that it never clashes with `transformers.TrainingArguments` in one `HfArgumentParser`.
+
+    Args:
+        nullspace_mode (`str`, *optional*, defaults to `"nullspace"`):
+            `"nullspace"` trains on learned epsilon-approximate nullspace noise, `"random"` on the random baseline
+            (Gaussian noise shrunk until inside epsilon), `"none"` trains plainly (the vanilla baseline).
+        noise_epsilon (`float`, *optional*, defaults to `0.03`):
+            Bound on the epsilon statistic: the batch mean of the squared L2 distance between the softmax outputs
+            with and without noise. Synthesis stops at the first update where the statistic is below it.
+        noise_lr (`float`, *optional*, defaults to `0.1`):
+            AdamW learning rate of the noise.
+        noise_weight_decay (`float`, *optional*, defaults to `0.01`):
+            AdamW weight decay of the noise (torch's default, as the authors ran it).
+        noise_init_limit (`float`, *optional*, defaults to `3.0`):
+            The noise starts from Uniform(-limit, limit): large on purpose, so that it is returned near the
+            epsilon boundary.
+        noise_max_updates (`int`, *optional*, defaults to `3000`):
+            Cap on the noise updates of one synthesis (about the authors' ImageNet setting of 3 rounds x 10% of the
+            loader). The noise may be returned without reaching epsilon.
+        noise_cosine_schedule (`bool`, *optional*, defaults to `True`):
+            Cosine decay of the noise learning rate over `noise_max_updates` (almost flat in practice).
+        noise_objective (`str`, *optional*, defaults to `"logit_mse"`):
+            `"logit_mse"` minimises the batch mean of ||logits(u+v) - logits(u)||^2 (the authors' runs);
+            `"log_norm"` minimises the paper's explicit objective E||f(u+v) - f(u)|| - lambda * log||v||.
+        noise_log_norm_weight (`float`, *optional*, defaults to `1.0`):
+            lambda of the `"log_norm"` objective.
+        noise_random_shrink (`float`, *optional*, defaults to `0.8`):
+            Factor applied per batch to the random baseline's N(0, 1) noise until it is inside epsilon.
+        noise_refresh_steps (`int`, *optional*, defaults to `40`):
+            A fresh noise is synthesised at the first optimiser step and then every this many optimiser steps.
+        noisy_loss_weight (`float`, *optional*, defaults to `1.0`):
+            Weight beta of the noisy term: loss = CE(clean) + beta * CE(noisy).
+        noise_shared_forward (`bool`, *optional*, defaults to `True`):
+            Run the clean and the noisy copy of a batch in one forward pass of twice the batch size, instead of two.
+        noise_max_redraws (`int`, *optional*, defaults to `3`):
+            How often a synthesis that produced a non-finite noise or statistic is redrawn before it gives up.
+        nullspace_patch_embedding_module (`str`, *optional*):
+            Dotted name of the patch-embedding projection for architectures outside the built-in table
+            (e.g. `"vit.embeddings.patch_embeddings.projection"`).
+    """
+
+    nullspace_mode: str = field(
+        default="nullspace", metadata={"help": f"Which noise to train on: one of {', '.join(NULLSPACE_MODES)}."}
+    )
+    noise_epsilon: float = field(
+        default=0.03,
+        metadata={"help": "Epsilon bound on the batch mean squared L2 distance between clean and noisy softmax."},
+    )
+    noise_lr: float = field(default=0.1, metadata={"help": "AdamW learning rate of the noise."})
+    noise_weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the noise."})
+    noise_init_limit: float = field(default=3.0, metadata={"help": "The noise starts from Uniform(-limit, limit)."})
+    noise_max_updates: int = field(default=3000, metadata={"help": "Cap on the noise updates of one synthesis."})
+    noise_cosine_schedule: bool = field(
+        default=True, metadata={"help": "Cosine decay of the noise learning rate over noise_max_updates."}
+    )
+    noise_objective: str = field(
+        default="logit_mse",
+        metadata={"help": f"Synthesis objective: one of {', '.join(NOISE_OBJECTIVES)}."},
+    )
+    noise_log_norm_weight: float = field(
+        default=1.0, metadata={"help": "lambda of the log_norm objective E||f(u+v)-f(u)|| - lambda log||v||."}
+    )
+    noise_random_shrink: float = field(
+        default=0.8, metadata={"help": "Shrink factor per batch of the random baseline noise."}
+    )
+    noise_refresh_steps: int = field(
+        default=40, metadata={"help": "Synthesise a fresh noise every this many optimiser steps."}
+    )
+    noisy_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight beta of the noisy loss: CE(clean) + beta * CE(noisy)."}
+    )
+    noise_shared_forward: bool = field(
+        default=True, metadata={"help": "Clean and noisy copies share one forward pass of twice the batch size."}
+    )
+    noise_max_redraws: int = field(
+        default=3, metadata={"help": "Redraws of a synthesis that produced non-finite values before giving up."}
+    )
+    nullspace_patch_embedding_module: str | None = field(
+        default=None,
+        metadata={"help": "Dotted module name of the patch-embedding projection, for unsupported architectures."},
+    )
+
+    def __post_init__(self):
+        if self.nullspace_mode not in NULLSPACE_MODES:
+            raise ValueError(
+                f"nullspace_mode={self.nullspace_mode!r} is not supported: use one of {', '.join(NULLSPACE_MODES)}."
+            )
+        if self.noise_objective not in NOISE_OBJECTIVES:
+            raise ValueError(
+                f"noise_objective={self.noise_objective!r} is not supported: use one of {', '.join(NOISE_OBJECTIVES)}."
+            )
+        for name in ("noise_epsilon", "noise_lr", "noise_init_limit"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+        for name in ("noise_weight_decay", "noise_log_norm_weight", "noisy_loss_weight"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        if not 0 < self.noise_random_shrink < 1:
+            raise ValueError(f"noise_random_shrink must lie in (0, 1), got {self.noise_random_shrink}.")
+        if self.noise_max_updates < 1:
+            raise ValueError(f"noise_max_updates must be >= 1, got {self.noise_max_updates}.")
+        if self.noise_refresh_steps < 1:
+            raise ValueError(
+                f"noise_refresh_steps must be >= 1 (optimiser steps between two noise syntheses), "
+                f"got {self.noise_refresh_steps}."
+            )
+        if self.noise_max_redraws < 0:
+            raise ValueError(f"noise_max_redraws must be >= 0, got {self.noise_max_redraws}.")
+
+    def to_dict(self) -> dict:
+        """Returns the arguments as a JSON-serialisable dict."""
+        return asdict(self)
