@@ -54,7 +54,9 @@ def convex_closure(
     results = []
     for t in weights:
         mixed = t * noise_a + (1 - t) * noise_b
-        results.append({"weight": float(t), "statistic": float(epsilon_statistic(clean, _logits(model, pixel_values, mixed)))})
+        results.append(
+            {"weight": float(t), "statistic": float(epsilon_statistic(clean, _logits(model, pixel_values, mixed)))}
+        )
     return results
 
 

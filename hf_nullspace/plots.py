@@ -17,7 +17,9 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_noise_norm(history: list[dict], path: str, title: str = "L2 norm of the learned noise during training") -> str:
+def plot_noise_norm(
+    history: list[dict], path: str, title: str = "L2 norm of the learned noise during training"
+) -> str:
     """
     The paper's figure: the norm of each newly synthesised noise against the optimiser step it was made at. Refreshes
     that stopped before reaching epsilon are drawn hollow.

@@ -8,7 +8,12 @@ from hf_nullspace.config import NullspaceArguments
 
 def test_authors_defaults():
     args = NullspaceArguments()
-    assert (args.nullspace_mode, args.noise_epsilon, args.noise_lr, args.noise_init_limit) == ("nullspace", 0.03, 0.1, 3.0)
+    assert (args.nullspace_mode, args.noise_epsilon, args.noise_lr, args.noise_init_limit) == (
+        "nullspace",
+        0.03,
+        0.1,
+        3.0,
+    )
     assert (args.noise_refresh_steps, args.noisy_loss_weight, args.noise_weight_decay) == (40, 1.0, 0.01)
     assert args.noise_max_updates == 3000 and args.noise_random_shrink == 0.8
 
@@ -19,7 +24,16 @@ def test_field_names_do_not_clash_with_training_arguments(tmp_path):
     assert not ours & theirs
     parser = HfArgumentParser((NullspaceArguments, TrainingArguments))
     nullspace, training = parser.parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--noise_epsilon", "0.1", "--nullspace_mode", "random", "--noise_refresh_steps", "5"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--noise_epsilon",
+            "0.1",
+            "--nullspace_mode",
+            "random",
+            "--noise_refresh_steps",
+            "5",
+        ]
     )
     assert (nullspace.noise_epsilon, nullspace.nullspace_mode, nullspace.noise_refresh_steps) == (0.1, "random", 5)
     assert all(f.metadata.get("help") for f in dataclasses.fields(NullspaceArguments))

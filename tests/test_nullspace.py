@@ -1,8 +1,7 @@
 import torch
+from conftest import make_tiny_vit
 
 from hf_nullspace.nullspace import patch_embedding_nullspace
-
-from conftest import make_tiny_vit
 
 
 def test_dimension_is_patch_dim_minus_rank(tiny_vit):

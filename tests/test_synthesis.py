@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import template_images
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import inject_noise
 from hf_nullspace.synthesis import epsilon_statistic, synthesize_noise
-
-from conftest import template_images
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,9 @@ def test_log_norm_objective_reaches_epsilon(trained_tiny_vit, batch):
 def test_batches_are_cycled(trained_tiny_vit):
     seen = []
     batches = [template_images(8, seed=s)[0] for s in (1, 2)]
-    handle = trained_tiny_vit.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True)
+    handle = trained_tiny_vit.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True
+    )
     try:
         synthesize_noise(trained_tiny_vit, batches, NullspaceArguments(noise_epsilon=1e-9, noise_max_updates=4))
     finally:

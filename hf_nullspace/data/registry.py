@@ -1,0 +1,360 @@
+"""Registry of the ImageNet robustness benchmarks: where each lives, how its columns and labels read, how to iterate it.
+
+Sources and column layouts are those of /work/shared/reference/DATASETS.md. Labels are yielded in the benchmark's own
+label space: 0..999 for ImageNet-1k style sets, 0..199 for ImageNet-A/R (score a 1000-way model on the logits that
+`check_label_space` returns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
+
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict
+
+from .imagenet_classes import (
+    IMAGENET_A_INDICES_IN_1K,
+    IMAGENET_A_WNIDS,
+    IMAGENET_C_CORRUPTIONS,
+    IMAGENET_C_SEVERITIES,
+    IMAGENET_R_INDICES_IN_1K,
+    IMAGENET_R_WNIDS,
+)
+from .loading import (
+    IMAGE_COLUMN_CANDIDATES,
+    SkipCounter,
+    collate_fn,
+    find_columns,
+    load_image_dataset,
+    prepare_dataset,
+)
+
+LabelSpace = Literal["imagenet-1k", "imagenet-a-200", "imagenet-r-200", "custom"]
+
+_WNID = re.compile(r"^n\d{8}$")
+_WEBDATASET_IMAGES = ("webp", "png", "jpg", "jpeg")
+_TAR_SHARDS = {"test": "test/*.tar"}
+IMAGENET_C_REPO = "WNJXYK/TTA-ImageNet-C"
+IMAGENET_C_REVISION = "bb0fa9db6d8f94ef279a1f6bbb8024736d542fd7"  # tag v1.0
+
+
+def _imagenet_r_wnid(wnid: str) -> int:
+    return IMAGENET_R_WNIDS.index(wnid)
+
+
+def _imagenet_v2_key(key: str) -> int:
+    """ImageNetV2 tar members are `<variant>-format-val/<class index>/<hash>.jpeg`: the folder is the label."""
+    parts = key.split("/")
+    if len(parts) < 2:
+        raise ValueError(f"No class folder in key {key!r}.")
+    return int(parts[-2])
+
+
+# Label functions a spec can name (a name keeps the spec a small, hashable, printable value).
+LABEL_FNS: dict[str, Callable] = {"imagenet_r_wnid": _imagenet_r_wnid, "imagenet_v2_key": _imagenet_v2_key}
+
+_SUBSET_INDICES = {"imagenet-a-200": IMAGENET_A_INDICES_IN_1K, "imagenet-r-200": IMAGENET_R_INDICES_IN_1K}
+_SUBSET_WNIDS = {"imagenet-a-200": IMAGENET_A_WNIDS, "imagenet-r-200": IMAGENET_R_WNIDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark lives and how to read it.
+
+    Args:
+        name (`str`): Registry name, e.g. `"imagenet-c/gaussian_noise/5"`.
+        repo_id (`str`, *optional*): Hub dataset repo; `None` for local-only benchmarks.
+        config_name (`str`, *optional*): Dataset configuration.
+        split (`str`, *optional*, defaults to `"test"`): Split to evaluate.
+        data_files (`dict`, *optional*): Data files inside the repo (always set for webdataset repos).
+        image_columns (`tuple[str, ...]`, *optional*): Image columns, the first present non-empty one is used per row.
+        label_column (`str`, *optional*): Label column; autodetected (`label`, `labels`, `cls`) when `None`.
+        label_fn (`str`, *optional*): Name in `LABEL_FNS` of the function mapping the label cell to an int.
+        label_space (`str`, *optional*, defaults to `"imagenet-1k"`): `"imagenet-1k"`, `"imagenet-a-200"`,
+            `"imagenet-r-200"` or `"custom"`.
+        num_classes (`int`, *optional*, defaults to `1000`): Number of classes of the label space.
+        revision (`str`, *optional*): Pinned Hub revision.
+        gated (`bool`, *optional*, defaults to `False`): The repo needs accepted terms and a token.
+        local_only (`bool`, *optional*, defaults to `False`): No Hub source: a local path must be given.
+        path (`str`, *optional*): Local folder or files that replace the Hub source.
+        display_name (`str`, *optional*): Human name for model cards.
+        source_hint (`str`, *optional*): Where to get the data, shown when a local-only benchmark has no path.
+    """
+
+    name: str
+    repo_id: str | None = None
+    config_name: str | None = None
+    split: str | None = "test"
+    data_files: dict | None = dataclasses.field(default=None, hash=False)
+    image_columns: tuple[str, ...] = IMAGE_COLUMN_CANDIDATES
+    label_column: str | None = None
+    label_fn: str | None = None
+    label_space: LabelSpace = "imagenet-1k"
+    num_classes: int | None = 1000
+    revision: str | None = None
+    gated: bool = False
+    local_only: bool = False
+    path: str | None = None
+    display_name: str | None = None
+    source_hint: str | None = None
+
+    def dataset_card_info(self) -> dict:
+        """Dataset fields of a model-index entry: `type` (the Hub repo, or the benchmark name for local data),
+        `name`, `config`, `split` and `revision`."""
+        from_hub = self.path is None and self.repo_id is not None
+        return {
+            "type": self.repo_id if from_hub else self.name,
+            "name": self.display_name or self.name,
+            "config": self.config_name,
+            "split": self.split,
+            "revision": self.revision if from_hub else None,
+        }
+
+
+def _imagenet_c_specs() -> dict[str, BenchmarkSpec]:
+    return {
+        f"imagenet-c/{corruption}/{severity}": BenchmarkSpec(
+            name=f"imagenet-c/{corruption}/{severity}",
+            repo_id=IMAGENET_C_REPO,
+            config_name=corruption,
+            split=f"severity_{severity}",
+            image_columns=("image",),
+            label_column="label",
+            revision=IMAGENET_C_REVISION,
+            display_name=f"ImageNet-C {corruption} severity {severity}",
+        )
+        for corruption in IMAGENET_C_CORRUPTIONS
+        for severity in IMAGENET_C_SEVERITIES
+    }
+
+
+def _local_spec(name: str, display_name: str, hint: str) -> BenchmarkSpec:
+    return BenchmarkSpec(name=name, local_only=True, display_name=display_name, source_hint=hint)
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "imagenet": BenchmarkSpec(
+        name="imagenet",
+        repo_id="ILSVRC/imagenet-1k",
+        split="validation",
+        image_columns=("image",),
+        label_column="label",
+        gated=True,
+        display_name="ImageNet-1k validation",
+    ),
+    **_imagenet_c_specs(),
+    "imagenet-a": BenchmarkSpec(
+        name="imagenet-a",
+        repo_id="clip-benchmark/wds_imagenet-a",
+        data_files=_TAR_SHARDS,
+        image_columns=_WEBDATASET_IMAGES,
+        label_column="cls",
+        label_space="imagenet-a-200",
+        num_classes=200,
+        display_name="ImageNet-A",
+    ),
+    "imagenet-r": BenchmarkSpec(
+        name="imagenet-r",
+        repo_id="clip-benchmark/wds_imagenet-r",
+        data_files=_TAR_SHARDS,
+        image_columns=_WEBDATASET_IMAGES,
+        label_column="cls",
+        label_space="imagenet-r-200",
+        num_classes=200,
+        display_name="ImageNet-R",
+    ),
+    "imagenet-r-parquet": BenchmarkSpec(
+        name="imagenet-r-parquet",
+        repo_id="axiong/imagenet-r",
+        image_columns=("image",),
+        label_column="wnid",
+        label_fn="imagenet_r_wnid",
+        label_space="imagenet-r-200",
+        num_classes=200,
+        display_name="ImageNet-R",
+    ),
+    "imagenet-sketch": _local_spec(
+        "imagenet-sketch",
+        "ImageNet-Sketch",
+        "an imagefolder of the 1000 <wnid>/ folders, or repo_id='clip-benchmark/wds_imagenet_sketch' (webdataset, "
+        "jpg + cls; not verified here)",
+    ),
+    "imagenet-v2": _local_spec(
+        "imagenet-v2",
+        "ImageNet-V2 matched-frequency",
+        "the extracted imagenetv2-matched-frequency folders 0..999 (read as numbers, not sorted strings), or "
+        "repo_id='clip-benchmark/wds_imagenetv2' (webdataset, cls 0..999; not verified here)",
+    ),
+    "stylized-imagenet": _local_spec(
+        "stylized-imagenet",
+        "Stylized-ImageNet validation",
+        "generate it with github.com/rgeirhos/Stylized-ImageNet; an imagefolder of the 1000 <wnid>/ folders",
+    ),
+    "damagenet": _local_spec(
+        "damagenet",
+        "DAmageNet",
+        "download it from github.com/Sizhe-Chen/DAmageNet; an imagefolder or parquet with labels 0..999",
+    ),
+}
+
+
+def get_benchmark(
+    name: str, path: str | None = None, repo_id: str | None = None, revision: str | None = None
+) -> BenchmarkSpec:
+    """Returns the registered benchmark `name`, with its source optionally replaced.
+
+    Args:
+        name (`str`): A key of `BENCHMARKS`, e.g. `"imagenet-a"` or `"imagenet-c/fog/3"`.
+        path (`str`, *optional*): Local folder or files to read instead of the Hub.
+        repo_id (`str`, *optional*): Another Hub repo with the same columns; drops the pinned revision.
+        revision (`str`, *optional*): Hub revision to pin.
+
+    Raises:
+        `ValueError`: for an unknown name, listing the valid ones.
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {name!r}. Valid names: {sorted(BENCHMARKS)}.")
+    spec = BENCHMARKS[name]
+    if repo_id is not None:
+        spec = dataclasses.replace(spec, repo_id=repo_id, revision=None, local_only=False)
+    if revision is not None:
+        spec = dataclasses.replace(spec, revision=revision)
+    if path is not None:
+        spec = dataclasses.replace(spec, path=path)
+    return spec
+
+
+def check_label_space(spec: BenchmarkSpec, num_model_labels: int) -> list[int] | None:
+    """Checks, before any data is read, that a model with `num_model_labels` outputs can be scored on `spec`.
+
+    Returns:
+        `list[int]` or `None`: the logit columns to keep before the argmax (the 200 ImageNet-1k indices of
+        ImageNet-A/R for a 1000-way model), or `None` when all logits are used as they are.
+
+    Raises:
+        `ValueError`: when the model's label space cannot score the benchmark.
+    """
+    space = spec.label_space
+    if space == "imagenet-1k" and num_model_labels == 1000:
+        return None
+    if space in _SUBSET_INDICES:
+        if num_model_labels == 1000:
+            return list(_SUBSET_INDICES[space])
+        if num_model_labels == 200:
+            return None
+    if space == "custom" and (spec.num_classes is None or num_model_labels == spec.num_classes):
+        return None
+    wanted = {
+        "imagenet-1k": "1000 ImageNet-1k labels",
+        "imagenet-a-200": "1000 ImageNet-1k labels (or the 200 ImageNet-A classes)",
+        "imagenet-r-200": "1000 ImageNet-1k labels (or the 200 ImageNet-R classes)",
+    }.get(space, f"{spec.num_classes} labels")
+    raise ValueError(
+        f"A model with {num_model_labels} labels cannot be scored on {spec.name!r} (label space {space!r}): it needs "
+        f"{wanted}."
+    )
+
+
+def _class_label_fn(names: Sequence[str], spec: BenchmarkSpec) -> Callable | None:
+    """Maps the indices of an `imagefolder` ClassLabel (sorted folder names) to the benchmark's label space."""
+    names = list(names)
+    if all(name.isdigit() for name in names):
+        if names == [str(index) for index in range(len(names))]:
+            return None
+        return lambda index: int(names[index])
+    if not all(_WNID.match(name) for name in names):
+        return None
+    if spec.label_space in _SUBSET_WNIDS:
+        target = list(_SUBSET_WNIDS[spec.label_space])
+        return None if names == target else lambda index: target.index(names[index])
+    if spec.label_space == "imagenet-1k" and (len(names) != 1000 or names != sorted(names)):
+        raise ValueError(
+            f"{spec.name}: the local copy has {len(names)} WordNet-id class folders, so its labels are not ImageNet-1k "
+            "indices (that needs all 1000 folders, sorted). Use the full copy, or data with integer labels."
+        )
+    return None
+
+
+def load_benchmark(spec: BenchmarkSpec, streaming: bool = True, token: str | bool | None = None):
+    """Loads the benchmark's split from its local path or its Hub repo (see `load_image_dataset`).
+
+    Raises:
+        `ValueError`: for a local-only benchmark without a path.
+    """
+    if spec.path is None and (spec.local_only or spec.repo_id is None):
+        raise ValueError(
+            f"Benchmark {spec.name!r} has no Hub source: pass a local path, e.g. get_benchmark({spec.name!r}, "
+            f"path='/data/{spec.name}'). Source: {spec.source_hint or 'see the benchmark documentation'}."
+        )
+    if spec.path is not None:
+        return load_image_dataset(spec.path, spec.config_name, spec.split, streaming=streaming)
+    return load_image_dataset(
+        spec.repo_id,
+        spec.config_name,
+        spec.split,
+        streaming=streaming,
+        data_files=spec.data_files,
+        revision=spec.revision,
+        token=token,
+    )
+
+
+def iter_benchmark(
+    spec: BenchmarkSpec,
+    transform: Callable,
+    batch_size: int,
+    max_samples: int | None = None,
+    streaming: bool = True,
+    counter: SkipCounter | None = None,
+    token: str | bool | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields batches `{"pixel_values": (B, 3, H, W), "labels": (B,)}` of a benchmark, labels in its label space.
+
+    Bad rows are dropped and counted in `counter` (see `prepare_batch`); the last batch may be smaller.
+
+    Args:
+        spec (`BenchmarkSpec`): From `get_benchmark`.
+        transform (`Callable`): Image -> tensor, usually an `EvalTransform` (pixels in [0, 1] without mean/std).
+        batch_size (`int`): Rows per batch.
+        max_samples (`int`, *optional*): Stop after this many kept rows.
+        streaming (`bool`, *optional*, defaults to `True`): Stream instead of downloading the whole split.
+        counter (`SkipCounter`, *optional*): Receives the skip counts (a new one by default).
+        token (`str` or `bool`, *optional*): Hub token for gated repos.
+    """
+    dataset = load_benchmark(spec, streaming=streaming, token=token)
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise ValueError(f"{spec.name}: expected one split, got {list(dataset)}; set the spec's split.")
+    columns = list(dataset.column_names or dataset._resolve_features().column_names)
+    image_columns = [column for column in spec.image_columns if column in columns]
+    if not image_columns:
+        raise ValueError(f"{spec.name}: none of the image columns {spec.image_columns} is there; columns: {columns}.")
+    _, label_column = find_columns(columns, image_columns[0], spec.label_column)
+    label_fn = LABEL_FNS[spec.label_fn] if spec.label_fn else None
+    features = dataset.features or {}
+    if label_fn is None and isinstance(features.get(label_column), ClassLabel):
+        label_fn = _class_label_fn(features[label_column].names, spec)
+    if isinstance(dataset, Dataset):
+        dataset = dataset.to_iterable_dataset()
+    prepared = prepare_dataset(
+        dataset,
+        transform,
+        image_columns,
+        label_column,
+        spec.num_classes,
+        counter=counter,
+        label_fn=label_fn,
+        batch_size=batch_size,
+    )
+    if max_samples is not None:
+        prepared = prepared.take(max_samples)
+    rows = []
+    for row in prepared:
+        rows.append(row)
+        if len(rows) == batch_size:
+            yield collate_fn(rows)
+            rows = []
+    if rows:
+        yield collate_fn(rows)

@@ -1,0 +1,331 @@
+"""Image transforms written with PIL, numpy and torch (torchvision is not a dependency).
+
+Both transforms return float tensors of shape `(3, H, W)` with values in [0, 1], or normalised with the model's
+mean and std when those are given. Geometry follows torchvision: `TrainTransform` is `RandomResizedCrop` +
+`RandomHorizontalFlip`, `EvalTransform` is `Resize(size / crop_pct)` + `CenterCrop(size)`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Modes that PIL converts to RGB without loss of meaning: palettes, grey, colour spaces, bilevel.
+_DIRECT_TO_RGB = {"RGB", "L", "P", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
+# Modes with an alpha channel: "La" and "RGBa" hold premultiplied colour.
+_WITH_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _integer_to_uint8(values: np.ndarray, bits: int) -> np.ndarray:
+    return np.round(values.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Converts a PIL image of any well-defined mode to 8-bit RGB.
+
+    Alpha is dropped by default (as `image.convert("RGB")` does in torchvision's `ImageFolder` loader and in
+    transformers' image-classification example), so scores stay comparable with published evaluations. Pass
+    `background` to composite transparent images onto a colour instead. 16-bit images (`I;16*`) are scaled by
+    255 / 65535, never clipped at 255. 32-bit integer images (`I`) are scaled by the smallest bit depth of 8, 16 or
+    32 that holds their largest value. Float images (`F`) with values in [0, 1] are scaled by 255, others are
+    clipped to [0, 255].
+
+    Args:
+        image (`PIL.Image.Image`):
+            The image to convert.
+        background (`tuple[int, int, int]`, *optional*):
+            RGB colour to composite images with an alpha channel onto, e.g. `(255, 255, 255)` for white. By default
+            alpha is dropped.
+
+    Returns:
+        `PIL.Image.Image`: an image in mode `RGB` (the same object when it is already RGB).
+
+    Raises:
+        `ValueError`: for modes without a well-defined RGB meaning (e.g. multi-band float or `I;16S`).
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _DIRECT_TO_RGB:
+        if mode == "P" and "transparency" in image.info:
+            return to_rgb(image.convert("RGBA"), background)
+        return image.convert("RGB")
+    if mode in _WITH_ALPHA:
+        rgba = image.convert("RGBA") if mode in ("RGBa", "La", "PA", "LA") else image
+        if background is None:
+            return rgba.convert("RGB")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode in _SIXTEEN_BIT:
+        values = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(_integer_to_uint8(values, 16), mode="L").convert("RGB")
+    if mode == "I":
+        values = np.asarray(image).astype(np.int64).clip(min=0)
+        peak = int(values.max()) if values.size else 0
+        bits = next(b for b in (8, 16, 32) if peak <= 2**b - 1)
+        return Image.fromarray(_integer_to_uint8(values, bits), mode="L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.round(values.clip(0, 255)).astype(np.uint8), mode="L").convert("RGB")
+    raise ValueError(
+        f"Cannot convert a PIL image of mode {mode!r} to RGB: the conversion is not well defined. Supported modes: "
+        f"{sorted(_DIRECT_TO_RGB | _WITH_ALPHA | _SIXTEEN_BIT | {'I', 'F'})}."
+    )
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def _to_tensor(image: Image.Image, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    array = np.asarray(to_rgb(image), dtype=np.uint8)
+    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    if mean is not None:
+        pixels = (pixels - mean) / std
+    return pixels
+
+
+def _normalisation(
+    image_mean: Sequence[float] | None, image_std: Sequence[float] | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if (image_mean is None) != (image_std is None):
+        raise ValueError("Pass both `image_mean` and `image_std`, or neither.")
+    if image_mean is None:
+        return None, None
+    mean = torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1)
+    if mean.numel() != 3 or std.numel() != 3:
+        raise ValueError(f"`image_mean` and `image_std` need 3 values, got {list(image_mean)} and {list(image_std)}.")
+    return mean, std
+
+
+class TrainTransform:
+    """Random resized crop and horizontal flip, as torchvision's `RandomResizedCrop` + `RandomHorizontalFlip`.
+
+    Args:
+        size (`int` or `tuple[int, int]`):
+            Output size, an int for a square or `(height, width)`.
+        scale (`tuple[float, float]`, *optional*, defaults to `(0.08, 1.0)`):
+            Range of the crop area as a fraction of the image area.
+        ratio (`tuple[float, float]`, *optional*, defaults to `(3 / 4, 4 / 3)`):
+            Range of the crop aspect ratio (width / height), sampled log-uniformly.
+        flip (`bool`, *optional*, defaults to `True`):
+            Whether to flip horizontally with probability 0.5. Turn it off for data where a mirror image changes the
+            class (digits, text).
+        image_mean (`Sequence[float]`, *optional*):
+            Per-channel mean to normalise with. Without it, pixels stay in [0, 1].
+        image_std (`Sequence[float]`, *optional*):
+            Per-channel std to normalise with.
+        resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BILINEAR`):
+            PIL resampling filter.
+        seed (`int`, *optional*):
+            Seed of the transform's own `random.Random`. Calls with an explicit `rng` do not touch it.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: bool = True,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        resample: int = Image.Resampling.BILINEAR,
+        seed: int | None = None,
+    ):
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"`scale` must satisfy 0 < min <= max <= 1, got {scale}.")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"`ratio` must satisfy 0 < min <= max, got {ratio}.")
+        self.size = _pair(size)
+        self.scale = scale
+        self.ratio = ratio
+        self.flip = flip
+        self.resample = int(resample)
+        self.mean, self.std = _normalisation(image_mean, image_std)
+        self.rng = random.Random(seed)
+
+    def crop_box(self, width: int, height: int, rng: random.Random | None = None) -> tuple[int, int, int, int]:
+        """Samples a crop as torchvision's `RandomResizedCrop.get_params`: 10 tries, then a central fallback.
+
+        Args:
+            width (`int`): Image width.
+            height (`int`): Image height.
+            rng (`random.Random`, *optional*): Random source; the transform's own by default.
+
+        Returns:
+            `tuple[int, int, int, int]`: the crop as `(left, top, crop_width, crop_height)`, inside the image.
+        """
+        rng = rng or self.rng
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            crop_w = round(math.sqrt(target_area * aspect))
+            crop_h = round(math.sqrt(target_area / aspect))
+            if 0 < crop_w <= width and 0 < crop_h <= height:
+                return rng.randint(0, width - crop_w), rng.randint(0, height - crop_h), crop_w, crop_h
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            crop_w, crop_h = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            crop_w, crop_h = round(height * self.ratio[1]), height
+        else:
+            crop_w, crop_h = width, height
+        return (width - crop_w) // 2, (height - crop_h) // 2, crop_w, crop_h
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        """Crops, resizes, maybe flips and converts one image.
+
+        Args:
+            image (`PIL.Image.Image`): Input image of any mode `to_rgb` accepts.
+            rng (`random.Random`, *optional*): Random source; the transform's own by default.
+
+        Returns:
+            `torch.Tensor`: float tensor `(3, height, width)`.
+        """
+        rng = rng or self.rng
+        image = to_rgb(image)
+        left, top, crop_w, crop_h = self.crop_box(*image.size, rng=rng)
+        height, width = self.size
+        image = image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), self.resample)
+        if self.flip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return _to_tensor(image, self.mean, self.std)
+
+
+class EvalTransform:
+    """Resize the shorter side to `floor(size / crop_pct)`, then centre crop `size` (ImageNet's 256 -> 224).
+
+    Args:
+        size (`int` or `tuple[int, int]`):
+            Output size, an int for a square or `(height, width)`.
+        crop_pct (`float`, *optional*, defaults to `0.875`):
+            Fraction of the resized image kept by the centre crop, in (0, 1]. `1.0` resizes the shorter side to the
+            output size and crops the longer one.
+        image_mean (`Sequence[float]`, *optional*):
+            Per-channel mean to normalise with. Without it, pixels stay in [0, 1].
+        image_std (`Sequence[float]`, *optional*):
+            Per-channel std to normalise with.
+        resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BILINEAR`):
+            PIL resampling filter.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        crop_pct: float = 0.875,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        resample: int = Image.Resampling.BILINEAR,
+    ):
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"`crop_pct` must be in (0, 1], got {crop_pct}.")
+        self.size = _pair(size)
+        self.crop_pct = crop_pct
+        self.resample = int(resample)
+        self.mean, self.std = _normalisation(image_mean, image_std)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The `(width, height)` after the resize step, computed as torchvision's `Resize(int)`."""
+        short = math.floor(min(self.size) / self.crop_pct)
+        if width <= height:
+            return short, int(short * height / width)
+        return int(short * width / height), short
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        """Resizes, centre crops and converts one image (`rng` is accepted for symmetry and unused).
+
+        Args:
+            image (`PIL.Image.Image`): Input image of any mode `to_rgb` accepts.
+
+        Returns:
+            `torch.Tensor`: float tensor `(3, height, width)`.
+        """
+        image = to_rgb(image)
+        new_w, new_h = self.resized_size(*image.size)
+        if (new_w, new_h) != image.size:
+            image = image.resize((new_w, new_h), self.resample)
+        height, width = self.size
+        top = int(round((new_h - height) / 2.0))
+        left = int(round((new_w - width) / 2.0))
+        image = image.crop((left, top, left + width, top + height))
+        return _to_tensor(image, self.mean, self.std)
+
+
+def _size_entry(size, key: str):
+    if size is None:
+        return None
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def transforms_from_image_processor(
+    processor, normalize: bool = True, flip: bool = True, crop_pct: float | None = None, seed: int | None = None
+) -> tuple[TrainTransform, EvalTransform]:
+    """Builds the train and eval transforms matching an HF image processor's size and normalisation.
+
+    The output size is the processor's `crop_size` when it centre crops, else `size` (`{"height", "width"}`, or a
+    square of `{"shortest_edge"}`). The eval `crop_pct` is, in order: the argument, the processor's `crop_pct`, the
+    ratio `crop_size / size` of a centre-cropping processor, or 0.875.
+
+    Args:
+        processor (`BaseImageProcessor`):
+            e.g. `AutoImageProcessor.from_pretrained(...)` (`ViTImageProcessorPil` without torchvision).
+        normalize (`bool`, *optional*, defaults to `True`):
+            Normalise with `image_mean`/`image_std` when the processor has `do_normalize`; otherwise pixels stay in
+            [0, 1] (normalisation then belongs to the model wrapper).
+        flip (`bool`, *optional*, defaults to `True`):
+            Random horizontal flip in the train transform.
+        crop_pct (`float`, *optional*):
+            Overrides the eval crop fraction.
+        seed (`int`, *optional*):
+            Seed of the train transform's random source.
+
+    Returns:
+        `tuple[TrainTransform, EvalTransform]`
+    """
+    size = getattr(processor, "size", None)
+    crop_size = getattr(processor, "crop_size", None)
+    centre_crops = bool(getattr(processor, "do_center_crop", False)) and crop_size is not None
+
+    def height_width(entry) -> tuple[int, int] | None:
+        height, width = _size_entry(entry, "height"), _size_entry(entry, "width")
+        if height and width:
+            return int(height), int(width)
+        shortest = _size_entry(entry, "shortest_edge")
+        return (int(shortest), int(shortest)) if shortest else None
+
+    output = height_width(crop_size) if centre_crops else None
+    output = output or height_width(size)
+    if output is None:
+        raise ValueError(f"Cannot read an output size from the image processor's size={size!r}, crop={crop_size!r}.")
+    if crop_pct is None:
+        crop_pct = getattr(processor, "crop_pct", None)
+    if crop_pct is None and centre_crops:
+        resized = height_width(size)
+        crop_pct = min(1.0, min(output) / min(resized)) if resized else None
+    crop_pct = crop_pct or 0.875
+
+    mean = std = None
+    if normalize and getattr(processor, "do_normalize", False):
+        mean, std = processor.image_mean, processor.image_std
+    resample = getattr(processor, "resample", None)
+    resample = Image.Resampling.BILINEAR if resample is None else int(resample)
+    train = TrainTransform(output, flip=flip, image_mean=mean, image_std=std, resample=resample, seed=seed)
+    evaluation = EvalTransform(output, crop_pct=crop_pct, image_mean=mean, image_std=std, resample=resample)
+    return train, evaluation

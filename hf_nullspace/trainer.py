@@ -1,0 +1,253 @@
+"""`NullspaceTrainer`: a `transformers.Trainer` that finetunes on epsilon-approximate nullspace noise (Section 4)."""
+
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from .config import NullspaceArguments
+from .embedding import find_patch_embedding, inject_noise
+from .synthesis import synthesize_noise
+
+NOISE_BANK_NAME = "noise_bank.safetensors"
+NOISE_STATE_NAME = "nullspace_state.json"
+NOISE_HISTORY_NAME = "noise_history.json"
+NOISE_NORM_FIGURE = "noise_norm.png"
+
+
+def _atomic_write(path: str, write) -> None:
+    """Writes through a temporary file in the same folder and renames it into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """A checkpoint is complete once its nullspace state (written last, atomically) is there."""
+    return os.path.isfile(os.path.join(folder, NOISE_STATE_NAME)) and os.path.isfile(
+        os.path.join(folder, "trainer_state.json")
+    )
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder of `output_dir` that was completely written, or `None`."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        prefix, _, step = name.partition("-")
+        folder = os.path.join(output_dir, name)
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and is_complete_checkpoint(folder):
+            steps.append((int(step), folder))
+    return max(steps)[1] if steps else None
+
+
+class NullspaceTrainer(Trainer):
+    """
+    A [`~transformers.Trainer`] that finetunes on epsilon-approximate nullspace noise.
+
+    At the first optimiser step and then every `noise_refresh_steps` optimiser steps it synthesises a fresh noise on
+    the current batch (model in eval mode, all processes in step); every step trains on
+    `CE(clean) + noisy_loss_weight * CE(noisy)`, the noise added at the patch embeddings. Gradient accumulation, mixed
+    precision, distributed training and logging are the Trainer's own. The noise bank (every noise synthesised) and
+    its history are training state: saved with every checkpoint and restored by `resume_from_checkpoint`.
+
+    Args:
+        nullspace_args ([`NullspaceArguments`], *optional*):
+            The method's hyperparameters; the authors' defaults when not given.
+        *args, **kwargs:
+            Everything [`~transformers.Trainer`] takes.
+
+    Example:
+
+    ```python
+    >>> trainer = NullspaceTrainer(
+    ...     model=model, args=training_args, train_dataset=train, data_collator=collate_fn,
+    ...     nullspace_args=NullspaceArguments(noise_epsilon=0.03),
+    ... )
+    >>> trainer.train()
+    ```
+    """
+
+    def __init__(self, *args, nullspace_args: NullspaceArguments | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nullspace_args = nullspace_args if nullspace_args is not None else NullspaceArguments()
+        self.noise_bank: list[torch.Tensor] = []
+        self.noise_history: list[dict] = []
+        if self.nullspace_args.nullspace_mode != "none":
+            find_patch_embedding(self.model, self.nullspace_args.nullspace_patch_embedding_module)
+            problem_type = getattr(self.model.config, "problem_type", None)
+            if problem_type not in (None, "single_label_classification"):
+                raise ValueError(
+                    f"NullspaceTrainer trains single-label image classifiers; the model's problem_type is "
+                    f"{problem_type!r}. Use nullspace_mode='none' or a single-label model."
+                )
+
+    @property
+    def noise(self) -> torch.Tensor | None:
+        """The current noise (the newest of the bank), or `None` before the first synthesis."""
+        return self.noise_bank[-1] if self.noise_bank else None
+
+    def _refresh_due(self) -> bool:
+        if not self.noise_history:
+            return True
+        step = self.state.global_step
+        return step % self.nullspace_args.noise_refresh_steps == 0 and step != self.noise_history[-1]["step"]
+
+    def refresh_noise(self, model: torch.nn.Module, inputs: dict) -> dict:
+        """Synthesises a fresh noise on `inputs`, adds it to the bank, logs and returns its record."""
+        start = time.perf_counter()
+        result = synthesize_noise(
+            self.accelerator.unwrap_model(model),
+            {"pixel_values": inputs["pixel_values"]},
+            self.nullspace_args,
+            accelerator=self.accelerator,
+        )
+        record = {"step": self.state.global_step, **result.summary(), "seconds": time.perf_counter() - start}
+        self.noise_bank.append(result.noise.detach().cpu())
+        self.noise_history.append(record)
+        self.log({f"noise_{key}": float(value) for key, value in record.items() if key != "step"})
+        return record
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.nullspace_args.nullspace_mode != "none" and self._refresh_due():
+            self.refresh_noise(model, self._prepare_inputs(inputs))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _classification_loss(self, logits, labels, num_items_in_batch):
+        # mirrors the model's own loss and Trainer.compute_loss, so mode "none" and weight 0 give the same gradient
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        loss = F.cross_entropy(
+            logits,
+            labels,
+            reduction="sum" if scaled else "mean",
+            label_smoothing=self.args.label_smoothing_factor,
+        )
+        if scaled:
+            loss = loss / (
+                num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+            )
+            if self.args.average_tokens_across_devices:
+                loss = loss * (
+                    self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
+                )
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """
+        Clean CE + `noisy_loss_weight` * noisy CE while training with a noise; the Trainer's own loss otherwise
+        (mode `none`, evaluation).
+        """
+        if self.nullspace_args.nullspace_mode == "none" or self.noise is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+        extra = {k: v for k, v in inputs.items() if k not in ("pixel_values", "labels")}
+        noise = self.noise.to(pixel_values.device)
+        module_name = self.nullspace_args.nullspace_patch_embedding_module
+        batch_size = pixel_values.shape[0]
+        if self.nullspace_args.noise_shared_forward:
+            with inject_noise(model, noise, rows=slice(batch_size, 2 * batch_size), module_name=module_name):
+                outputs = model(pixel_values=torch.cat([pixel_values, pixel_values]), **extra)
+            clean_logits, noisy_logits = outputs.logits.split(batch_size)
+        else:
+            outputs = model(pixel_values=pixel_values, **extra)
+            with inject_noise(model, noise, module_name=module_name):
+                noisy_logits = model(pixel_values=pixel_values, **extra).logits
+            clean_logits = outputs.logits
+        clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
+        noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
+        loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- noise state: saved with every checkpoint, restored on resume ---------------------------------------------
+
+    def save_noise_state(self, output_dir: str) -> None:
+        """Writes the noise bank (safetensors) and the nullspace state (JSON, written last) to `output_dir`."""
+        os.makedirs(output_dir, exist_ok=True)
+        if self.noise_bank:
+            tensors = {f"noise_{i:04d}": noise.contiguous() for i, noise in enumerate(self.noise_bank)}
+            metadata = {"steps": json.dumps([r["step"] for r in self.noise_history])}
+            _atomic_write(
+                os.path.join(output_dir, NOISE_BANK_NAME), lambda p: save_file(tensors, p, metadata=metadata)
+            )
+        state = {"nullspace_args": self.nullspace_args.to_dict(), "history": self.noise_history}
+        _atomic_write(
+            os.path.join(output_dir, NOISE_STATE_NAME), lambda p: open(p, "w").write(json.dumps(state, indent=2))
+        )
+
+    def load_noise_state(self, checkpoint: str) -> None:
+        """Restores the noise bank and history saved by `save_noise_state`."""
+        state_path = os.path.join(checkpoint, NOISE_STATE_NAME)
+        if not os.path.isfile(state_path):
+            raise FileNotFoundError(
+                f"{checkpoint} has no {NOISE_STATE_NAME}: it was not written completely or not by NullspaceTrainer. "
+                "Resume from an earlier checkpoint."
+            )
+        with open(state_path) as f:
+            self.noise_history = json.load(f)["history"]
+        bank_path = os.path.join(checkpoint, NOISE_BANK_NAME)
+        tensors = load_file(bank_path) if os.path.isfile(bank_path) else {}
+        self.noise_bank = [tensors[key] for key in sorted(tensors)]
+        if len(self.noise_bank) != len(self.noise_history):
+            raise ValueError(
+                f"{checkpoint}: the noise bank holds {len(self.noise_bank)} noises for "
+                f"{len(self.noise_history)} history records; the checkpoint is inconsistent."
+            )
+
+    def _save_checkpoint(self, model, trial):
+        # rotate old checkpoints only once this one is complete, so a crash mid-save never leaves none loadable
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        if self.args.should_save:
+            self.save_noise_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # transformers 5.x writes checkpoints under its legacy parameter names (e.g. `attention.attention.key`) and
+        # Trainer reloads them without converting, silently skipping those weights (seen with 5.23 on ViT):
+        # reload through from_pretrained, which converts, so a resumed run really starts from the checkpoint.
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if isinstance(target, PreTrainedModel) and os.path.isfile(
+            os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        ):
+            dtype = next(target.parameters()).dtype
+            reloaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config, dtype=dtype)
+            target.load_state_dict(reloaded.state_dict())
+        self.load_noise_state(resume_from_checkpoint)
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """[`~transformers.Trainer.train`]; `resume_from_checkpoint=True` takes the newest complete checkpoint."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir}).")
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if self.args.should_save and self.noise_history:
+            self.save_noise_history(self.args.output_dir)
+        return output
+
+    def save_noise_history(self, output_dir: str) -> None:
+        """Writes the noise bank, the history as JSON and the noise norm figure to `output_dir`."""
+        from .plots import plot_noise_norm
+
+        self.save_noise_state(output_dir)
+        with open(os.path.join(output_dir, NOISE_HISTORY_NAME), "w") as f:
+            json.dump(self.noise_history, f, indent=2)
+        plot_noise_norm(self.noise_history, os.path.join(output_dir, NOISE_NORM_FIGURE))

@@ -1,0 +1,176 @@
+import json
+import os
+
+import pytest
+import torch
+from conftest import make_tiny_vit, template_images
+from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback, TrainingArguments
+
+from hf_nullspace.config import NullspaceArguments
+from hf_nullspace.embedding import UnsupportedModelError
+from hf_nullspace.trainer import NOISE_BANK_NAME, NOISE_STATE_NAME, NullspaceTrainer, last_complete_checkpoint
+
+
+class TemplateDataset(torch.utils.data.Dataset):
+    def __init__(self, size=96):
+        self.pixel_values, self.labels = template_images(size, seed=7)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
+
+
+def make_trainer(tmp_path, nullspace_args=None, model=None, **training):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    defaults.update(training)
+    torch.manual_seed(0)
+    return NullspaceTrainer(
+        model=model if model is not None else make_tiny_vit(),
+        args=TrainingArguments(**defaults),
+        train_dataset=TemplateDataset(),
+        nullspace_args=nullspace_args or NullspaceArguments(noise_max_updates=20, noise_refresh_steps=2),
+    )
+
+
+def gradient(trainer, inputs):
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    trainer.compute_loss(model, inputs).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    return grad
+
+
+def test_loss_contains_the_noisy_term(tmp_path):
+    pixel_values, labels = template_images(8, seed=3)
+    inputs = {"pixel_values": pixel_values, "labels": labels}
+    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"))
+    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5))
+    noisy.refresh_noise(noisy.model, inputs)
+    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0))
+    zero.noise_bank = list(noisy.noise_bank)
+    for trainer in (plain, noisy, zero):
+        trainer.model.load_state_dict(plain.model.state_dict())
+    g_plain, g_noisy, g_zero = gradient(plain, inputs), gradient(noisy, inputs), gradient(zero, inputs)
+    torch.testing.assert_close(g_zero, g_plain, rtol=1e-5, atol=1e-7)
+    assert (g_noisy - g_plain).norm() > 1e-3 * g_plain.norm()
+
+    # the loss is exactly CE(clean) + CE(noisy)
+    from hf_nullspace.embedding import inject_noise
+
+    model = noisy.model
+    with torch.no_grad():
+        clean = torch.nn.functional.cross_entropy(model(pixel_values=pixel_values).logits, labels)
+        with inject_noise(model, noisy.noise):
+            noisy_ce = torch.nn.functional.cross_entropy(model(pixel_values=pixel_values).logits, labels)
+        loss = noisy.compute_loss(model, inputs)
+    torch.testing.assert_close(loss, clean + noisy_ce, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_forward_equals_separate_passes(tmp_path):
+    pixel_values, labels = template_images(8, seed=4)
+    inputs = {"pixel_values": pixel_values, "labels": labels}
+    shared = make_trainer(tmp_path / "a", NullspaceArguments(noise_max_updates=5, noise_shared_forward=True))
+    shared.refresh_noise(shared.model, inputs)
+    separate = make_trainer(tmp_path / "b", NullspaceArguments(noise_shared_forward=False))
+    separate.model.load_state_dict(shared.model.state_dict())
+    separate.noise_bank = list(shared.noise_bank)
+    torch.testing.assert_close(gradient(shared, inputs), gradient(separate, inputs), rtol=1e-4, atol=1e-6)
+
+
+def test_refresh_counts_optimiser_steps_under_gradient_accumulation(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        NullspaceArguments(noise_max_updates=3, noise_refresh_steps=3),
+        max_steps=7,
+        gradient_accumulation_steps=2,
+    )
+    calls = []
+    original = trainer.refresh_noise
+    trainer.refresh_noise = lambda model, inputs: calls.append(trainer.state.global_step) or original(model, inputs)
+    trainer.train()
+    assert calls == [0, 3, 6]
+    assert [r["step"] for r in trainer.noise_history] == [0, 3, 6]
+    assert len(trainer.noise_bank) == 3
+
+
+def test_refresh_is_logged_and_history_lands_in_output_dir(tmp_path):
+    trainer = make_trainer(tmp_path, NullspaceArguments(noise_max_updates=10, noise_refresh_steps=2), max_steps=4)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "noise_norm" in entry]
+    assert [entry["step"] for entry in logs] == [0, 2]
+    assert {"noise_norm", "noise_updates", "noise_statistic", "noise_reached"} <= set(logs[0])
+    history = json.loads((tmp_path / "noise_history.json").read_text())
+    assert [r["step"] for r in history] == [0, 2]
+    assert history[0]["norm"] == pytest.approx(float(trainer.noise_bank[0].norm()), rel=1e-6)
+    assert (tmp_path / "noise_norm.png").stat().st_size > 1000
+    assert (tmp_path / NOISE_BANK_NAME).exists()
+
+
+def test_mode_none_never_synthesises(tmp_path):
+    trainer = make_trainer(tmp_path, NullspaceArguments(nullspace_mode="none"), max_steps=2)
+    trainer.train()
+    assert trainer.noise_bank == [] and trainer.noise_history == []
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated preemption")
+
+
+def final_weights(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    args = dict(max_steps=6, save_strategy="steps", save_steps=3)
+    nullspace = NullspaceArguments(noise_max_updates=10, noise_refresh_steps=2)
+    full = make_trainer(tmp_path / "full", nullspace, **args)
+    full.train()
+
+    interrupted = make_trainer(tmp_path / "cut", nullspace, **args)
+    interrupted.add_callback(StopAt(4))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert last_complete_checkpoint(str(tmp_path / "cut")).endswith("checkpoint-3")
+
+    resumed = make_trainer(tmp_path / "cut", nullspace, **args)
+    resumed.train(resume_from_checkpoint=True)
+    assert [r["step"] for r in resumed.noise_history] == [0, 2, 4]
+    for a, b in zip(full.noise_bank, resumed.noise_bank):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(final_weights(resumed), final_weights(full), rtol=0, atol=1e-6)
+
+
+def test_incomplete_checkpoint_is_never_resumed(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    trainer.train()
+    assert (tmp_path / "checkpoint-4" / NOISE_STATE_NAME).exists()
+    os.remove(tmp_path / "checkpoint-4" / NOISE_STATE_NAME)  # as if killed while writing
+    assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-2")
+
+
+def test_unsupported_model_fails_before_training(tmp_path):
+    resnet = ResNetForImageClassification(ResNetConfig(num_labels=3, depths=[1], hidden_sizes=[8], embedding_size=8))
+    with pytest.raises(UnsupportedModelError, match="nullspace_patch_embedding_module"):
+        make_trainer(tmp_path, model=resnet)
