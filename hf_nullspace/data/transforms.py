@@ -131,7 +131,9 @@ class TrainTransform:
         resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BILINEAR`):
             PIL resampling filter.
         seed (`int`, *optional*):
-            Seed of the transform's own `random.Random`. Calls with an explicit `rng` do not touch it.
+            Seed of the transform's own `random.Random`. Without it the global `random` module is used, whose state
+            the Trainer seeds and saves in checkpoints, so a resumed run draws the same crops. Calls with an explicit
+            `rng` do not touch it.
     """
 
     def __init__(
@@ -155,7 +157,7 @@ class TrainTransform:
         self.flip = flip
         self.resample = int(resample)
         self.mean, self.std = _normalisation(image_mean, image_std)
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed) if seed is not None else random
 
     def crop_box(self, width: int, height: int, rng: random.Random | None = None) -> tuple[int, int, int, int]:
         """Samples a crop as torchvision's `RandomResizedCrop.get_params`: 10 tries, then a central fallback.
@@ -281,7 +283,7 @@ def transforms_from_image_processor(
 
     The output size is the processor's `crop_size` when it centre crops, else `size` (`{"height", "width"}`, or a
     square of `{"shortest_edge"}`). The eval `crop_pct` is, in order: the argument, the processor's `crop_pct`, the
-    ratio `crop_size / size` of a centre-cropping processor, or 0.875.
+    ratio `crop_size / size` of a centre-cropping processor, or 1.0 (a processor that only resizes, as ViT's).
 
     Args:
         processor (`BaseImageProcessor`):
@@ -319,7 +321,7 @@ def transforms_from_image_processor(
     if crop_pct is None and centre_crops:
         resized = height_width(size)
         crop_pct = min(1.0, min(output) / min(resized)) if resized else None
-    crop_pct = crop_pct or 0.875
+    crop_pct = crop_pct or (0.875 if centre_crops else 1.0)
 
     mean = std = None
     if normalize and getattr(processor, "do_normalize", False):

@@ -1,0 +1,263 @@
+"""The main job: finetune an image classifier with nullspace noise, evaluate its robustness, write a card, push.
+
+Shaped like transformers' `examples/pytorch/image-classification/run_image_classification.py`. It runs unchanged
+under `python`, `accelerate launch` and `torchrun`; `trainer_scripts/run.py` and `hf-nullspace finetune` call
+`main`. With no arguments it runs the embedded offline default (`assets/default_run.json`).
+"""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+import transformers
+from datasets import ClassLabel
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    TrainingArguments,
+    set_seed,
+)
+
+from .config import NullspaceArguments
+from .data import (
+    SkipCounter,
+    collate_fn,
+    find_columns,
+    load_image_dataset,
+    prepare_dataset,
+    split_by_node,
+    transforms_from_image_processor,
+)
+from .trainer import NullspaceTrainer, last_complete_checkpoint
+
+logger = logging.getLogger(__name__)
+
+ASSETS = resources.files("hf_nullspace") / "assets"
+DEFAULT_RUN = ASSETS / "default_run.json"
+
+
+@dataclass
+class ModelArguments:
+    """Which model and image processor to finetune."""
+
+    model_name_or_path: str = field(
+        default=str(ASSETS / "vit-tiny-mnist"),
+        metadata={"help": "Hub model id or local folder of the model to finetune (defaults to the bundled ViT)."},
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Image processor id or folder, if not the model's own."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and datasets."})
+    token: str | None = field(
+        default=None, metadata={"help": "Hub token for gated or private repos (defaults to the logged-in one)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Replace a classifier head whose size differs from the dataset's number of labels."},
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on, and how to read it."""
+
+    dataset_name: str = field(
+        default=str(ASSETS / "mnist"),
+        metadata={"help": "Hub dataset id, local imagefolder, or local parquet/arrow files or folder."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (defaults to validation, else test, if present)."}
+    )
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (requires --max_steps)."})
+    image_column_name: str | None = field(default=None, metadata={"help": "Image column (autodetected)."})
+    label_column_name: str | None = field(default=None, metadata={"help": "Label column (autodetected)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    train_crop_scale_min: float = field(
+        default=0.08, metadata={"help": "Smallest crop area fraction of the random resized crop."}
+    )
+    train_flip: bool = field(default=True, metadata={"help": "Random horizontal flips (turn off for digits)."})
+    max_skip_fraction: float = field(
+        default=0.01, metadata={"help": "Fraction of bad rows (corrupt images, bad labels) tolerated before failing."}
+    )
+    robustness_suite: str | None = field(
+        default=None,
+        metadata={"help": "Robustness suite to score the base and finetuned models on at the end (none: skip)."},
+    )
+    robustness_max_samples: int | None = field(
+        default=None, metadata={"help": "Images per robustness benchmark (a quick subset)."}
+    )
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parses the four argument groups from `argv`, a single .json/.yaml file, or the embedded default."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, NullspaceArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        logger.info("No arguments: running the embedded offline default (%s).", DEFAULT_RUN)
+        return parser.parse_dict(json.loads(DEFAULT_RUN.read_text()))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def _label_names(dataset, label_column: str, model_config) -> list[str]:
+    feature = dataset.features.get(label_column) if dataset.features else None
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    id2label = getattr(model_config, "id2label", None) or {}
+    if id2label and not all(str(v).startswith("LABEL_") for v in id2label.values()):
+        return [id2label[i] for i in sorted(id2label)]
+    raise ValueError(
+        f"The label column {label_column!r} is not a ClassLabel and the model has no label names: cast it with "
+        "`dataset.cast_column(label_column, ClassLabel(names=[...]))` or use a model whose config has id2label."
+    )
+
+
+def _accuracy(eval_prediction) -> dict:
+    predictions = np.argmax(eval_prediction.predictions, axis=-1)
+    return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
+
+
+def build_trainer(model_args, data_args, nullspace_args, training_args):
+    """Loads data, model and processor, checks them, and returns `(trainer, counters)` ready to train."""
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError(
+            "A streamed dataset has no length: pass --max_steps (the number of optimiser steps to train for)."
+        )
+    training_args.remove_unused_columns = False  # the image column is read by our transform
+
+    load = dict(
+        config_name=data_args.dataset_config_name,
+        streaming=data_args.streaming,
+        revision=data_args.dataset_revision,
+        token=model_args.token,
+        cache_dir=model_args.cache_dir,
+    )
+    train_raw = load_image_dataset(data_args.dataset_name, split=data_args.train_split, **load)
+    eval_raw = None
+    for split in [data_args.eval_split] if data_args.eval_split else ["validation", "test"]:
+        try:
+            eval_raw = load_image_dataset(data_args.dataset_name, split=split, **load)
+            break
+        except ValueError:
+            if data_args.eval_split:
+                raise
+    if eval_raw is None and training_args.do_eval:
+        raise ValueError(f"{data_args.dataset_name} has no validation or test split: pass --eval_split.")
+
+    columns = list(train_raw.features) if train_raw.features else list(train_raw.column_names or [])
+    image_column, label_column = find_columns(columns, data_args.image_column_name, data_args.label_column_name)
+
+    config = transformers.AutoConfig.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token
+    )
+    labels = _label_names(train_raw, label_column, config)
+    if config.num_labels != len(labels) and not model_args.ignore_mismatched_sizes:
+        raise ValueError(
+            f"The dataset has {len(labels)} labels but the model's classifier has {config.num_labels}: its label ids "
+            "would be out of range. Pass --ignore_mismatched_sizes to train a new classifier head."
+        )
+    model = AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        revision=model_args.model_revision,
+        token=model_args.token,
+        cache_dir=model_args.cache_dir,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+    )
+    processor = AutoImageProcessor.from_pretrained(
+        model_args.image_processor_name or model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        token=model_args.token,
+    )
+    train_transform, eval_transform = transforms_from_image_processor(processor, flip=data_args.train_flip)
+    train_transform.scale = (data_args.train_crop_scale_min, 1.0)
+
+    if data_args.streaming and training_args.world_size > 1 and not training_args.accelerator_config.dispatch_batches:
+        train_raw = split_by_node(train_raw, training_args.process_index, training_args.world_size)
+    if data_args.max_train_samples is not None:
+        train_raw = train_raw.take(data_args.max_train_samples)
+    if eval_raw is not None and data_args.max_eval_samples is not None:
+        eval_raw = eval_raw.take(data_args.max_eval_samples)
+
+    counters = {
+        "train": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
+        "eval": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
+    }
+    prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels))
+    train_dataset = prepare_dataset(train_raw, train_transform, counter=counters["train"], **prepare)
+    eval_dataset = (
+        prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
+        if eval_raw is not None
+        else None
+    )
+    trainer = NullspaceTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_fn,
+        processing_class=processor,
+        compute_metrics=_accuracy,
+        nullspace_args=nullspace_args,
+    )
+    return trainer, counters
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
+    model_args, data_args, nullspace_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    transformers.utils.logging.set_verbosity(logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)
+
+    trainer, counters = build_trainer(model_args, data_args, nullspace_args, training_args)
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None:
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info("Resuming from %s, the newest complete checkpoint in the output folder.", checkpoint)
+
+    results = {}
+    if training_args.do_train or not training_args.do_eval:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        results["train"] = train_result.metrics
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results["eval"] = metrics
+    results["skipped_rows"] = {split: counter.as_dict() for split, counter in counters.items()}
+    if trainer.is_world_process_zero():
+        for split, counter in counters.items():
+            log = logger.warning if counter.skipped else logger.info
+            log("Rows of the %s data read, skipped and converted: %s", split, counter.as_dict())
+        with open(os.path.join(training_args.output_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(f"Finished: everything is in {os.path.abspath(training_args.output_dir)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, Features, Image, Value
+from PIL import Image as PILImage
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+from hf_nullspace.embedding import UnsupportedModelError
+from hf_nullspace.finetune import build_trainer, parse_args
+
+from conftest import make_tiny_vit, template_images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_parquet(folder, num=48, num_classes=10, label_feature=None, columns=("image", "label")):
+    pixel_values, labels = template_images(num, num_classes=num_classes)
+    arrays = ((pixel_values.clamp(-2, 2) + 2) / 4 * 255).byte().permute(0, 2, 3, 1).numpy()
+    images = [PILImage.fromarray(np.ascontiguousarray(a)) for a in arrays]
+    label_feature = label_feature or ClassLabel(names=[f"class_{i}" for i in range(num_classes)])
+    features = Features({columns[0]: Image(), columns[1]: label_feature})
+    os.makedirs(folder, exist_ok=True)
+    for split, part in (("train", slice(0, num - 16)), ("test", slice(num - 16, num))):
+        data = {columns[0]: images[part], columns[1]: labels[part].tolist()}
+        Dataset.from_dict(data, features=features).to_parquet(os.path.join(folder, f"{split}.parquet"))
+    return str(folder)
+
+
+def save_model(folder, model=None):
+    model = model if model is not None else make_tiny_vit()
+    model.config.id2label = {i: f"class_{i}" for i in range(model.config.num_labels)}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        folder
+    )
+    return str(folder)
+
+
+def cli_args(data, model, out, *extra):
+    return [
+        "--dataset_name", data, "--model_name_or_path", model, "--output_dir", out, "--max_steps", "4",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--noise_refresh_steps", "2",
+        "--noise_max_updates", "20", "--save_steps", "2", "--logging_steps", "1", "--use_cpu", "true",
+        "--report_to", "none", "--robustness_suite", "none", "--dataloader_num_workers", "0", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_script_end_to_end_in_a_subprocess(tmp_path):
+    data = write_parquet(tmp_path / "data")
+    model = save_model(tmp_path / "model")
+    out = str(tmp_path / "out")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    completed = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "trainer_scripts", "run.py"), *cli_args(data, model, out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(open(os.path.join(out, "results.json")).read())
+    assert results["train"]["epoch"] > 0 and 0 <= results["eval"]["eval_accuracy"] <= 1
+    assert results["skipped_rows"]["train"]["skipped"] == 0
+    history = json.loads(open(os.path.join(out, "noise_history.json")).read())
+    assert [r["step"] for r in history] == [0, 2]
+    for name in ("model.safetensors", "preprocessor_config.json", "noise_bank.safetensors", "noise_norm.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    from transformers import AutoModelForImageClassification
+
+    reloaded = AutoModelForImageClassification.from_pretrained(out)
+    assert reloaded.config.id2label[3] == "class_3"
+
+
+def build(tmp_path, data, model, *extra):
+    return build_trainer(*parse_args(cli_args(data, model, str(tmp_path / "out"), *extra)))
+
+
+def test_missing_label_column_lists_the_columns(tmp_path):
+    data = write_parquet(tmp_path / "data", columns=("image", "target"))
+    with pytest.raises(ValueError, match=r"(?s)label column.*image.*target"):
+        build(tmp_path, data, save_model(tmp_path / "model"))
+    trainer, _ = build(tmp_path, data, save_model(tmp_path / "model2"), "--label_column_name", "target")
+    assert trainer.train_dataset is not None
+
+
+def test_more_labels_than_the_model_has_is_an_error_before_training(tmp_path):
+    data = write_parquet(tmp_path / "data", num_classes=12)
+    with pytest.raises(ValueError, match="12 labels but the model's classifier has 10.*ignore_mismatched_sizes"):
+        build(tmp_path, data, save_model(tmp_path / "model"))
+    trainer, _ = build(tmp_path, data, save_model(tmp_path / "model2"), "--ignore_mismatched_sizes", "true")
+    assert trainer.model.config.num_labels == 12
+
+
+def test_label_without_names_needs_classlabel(tmp_path):
+    data = write_parquet(tmp_path / "data", label_feature=Value("int64"))
+    model = save_model(tmp_path / "model")
+    trainer, _ = build(tmp_path, data, model)  # the model's id2label names the classes
+    assert trainer.model.config.id2label[0] == "class_0"
+
+
+def test_streaming_requires_max_steps(tmp_path):
+    data = write_parquet(tmp_path / "data")
+    args = cli_args(data, save_model(tmp_path / "model"), str(tmp_path / "out"), "--streaming", "true")
+    args[args.index("--max_steps") + 1] = "-1"
+    with pytest.raises(ValueError, match="pass --max_steps"):
+        build_trainer(*parse_args(args))
+
+
+def test_refresh_zero_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="noise_refresh_steps must be >= 1"):
+        parse_args(cli_args("d", "m", str(tmp_path), "--noise_refresh_steps", "0"))
+
+
+def test_unknown_model_family_is_an_error_before_training(tmp_path):
+    data = write_parquet(tmp_path / "data")
+    resnet = ResNetForImageClassification(ResNetConfig(num_labels=10, depths=[1], hidden_sizes=[8], embedding_size=8))
+    with pytest.raises(UnsupportedModelError, match="Supported model types"):
+        build(tmp_path, data, save_model(tmp_path / "model", resnet))
+
+
+def test_streamed_training_runs(tmp_path):
+    data = write_parquet(tmp_path / "data")
+    trainer, counters = build(tmp_path, data, save_model(tmp_path / "model"), "--streaming", "true")
+    trainer.train()
+    assert trainer.state.global_step == 4 and len(trainer.noise_history) == 2
+    assert counters["train"].seen >= 32 and counters["train"].skipped == 0
