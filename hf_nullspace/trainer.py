@@ -1,6 +1,7 @@
 """`NullspaceTrainer`: a `transformers.Trainer` that finetunes on epsilon-approximate nullspace noise (Section 4)."""
 
 import json
+import logging
 import os
 import time
 
@@ -14,6 +15,8 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from .config import NullspaceArguments
 from .embedding import find_patch_embedding, inject_noise
 from .synthesis import synthesize_noise
+
+logger = logging.getLogger(__name__)
 
 NOISE_BANK_NAME = "noise_bank.safetensors"
 NOISE_STATE_NAME = "nullspace_state.json"
@@ -100,7 +103,7 @@ class NullspaceTrainer(Trainer):
         step = self.state.global_step
         return step % self.nullspace_args.noise_refresh_steps == 0 and step != self.noise_history[-1]["step"]
 
-    def refresh_noise(self, model: torch.nn.Module, inputs: dict) -> dict:
+    def refresh_noise(self, model: torch.nn.Module, inputs: dict, reason: str = "schedule") -> dict:
         """Synthesises a fresh noise on `inputs`, adds it to the bank, logs and returns its record."""
         start = time.perf_counter()
         result = synthesize_noise(
@@ -110,9 +113,10 @@ class NullspaceTrainer(Trainer):
             accelerator=self.accelerator,
         )
         record = {"step": self.state.global_step, **result.summary(), "seconds": time.perf_counter() - start}
+        record["reason"] = reason
         self.noise_bank.append(result.noise.detach().cpu())
         self.noise_history.append(record)
-        self.log({f"noise_{key}": float(value) for key, value in record.items() if key != "step"})
+        self.log({f"noise_{key}": float(value) for key, value in record.items() if key not in ("step", "reason")})
         return record
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -139,30 +143,52 @@ class NullspaceTrainer(Trainer):
                 )
         return loss
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """
-        Clean CE + `noisy_loss_weight` * noisy CE while training with a noise; the Trainer's own loss otherwise
-        (mode `none`, evaluation).
-        """
-        if self.nullspace_args.nullspace_mode == "none" or self.noise is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+    def _forward(self, model, inputs, noise):
+        pixel_values = inputs["pixel_values"]
         extra = {k: v for k, v in inputs.items() if k not in ("pixel_values", "labels")}
-        noise = self.noise.to(pixel_values.device)
         module_name = self.nullspace_args.nullspace_patch_embedding_module
         batch_size = pixel_values.shape[0]
         if self.nullspace_args.noise_shared_forward:
             with inject_noise(model, noise, rows=slice(batch_size, 2 * batch_size), module_name=module_name):
                 outputs = model(pixel_values=torch.cat([pixel_values, pixel_values]), **extra)
             clean_logits, noisy_logits = outputs.logits.split(batch_size)
+            return outputs, clean_logits, noisy_logits
+        outputs = model(pixel_values=pixel_values, **extra)
+        with inject_noise(model, noise, module_name=module_name):
+            noisy_logits = model(pixel_values=pixel_values, **extra).logits
+        return outputs, outputs.logits, noisy_logits
+
+    def _finite_on_all_processes(self, value: torch.Tensor) -> bool:
+        finite = torch.isfinite(value.detach()).all().float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.gather(finite).min()
+        return bool(finite)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """
+        Clean CE + `noisy_loss_weight` * noisy CE while training with a noise; the Trainer's own loss otherwise
+        (mode `none`, evaluation). A non-finite noisy loss on any process redraws the noise on this batch (logged);
+        if the fresh noise fails too, this step trains on the clean loss alone.
+        """
+        if self.nullspace_args.nullspace_mode == "none" or self.noise is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        for attempt in range(2):
+            outputs, clean_logits, noisy_logits = self._forward(model, inputs, self.noise.to(labels.device))
+            clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
+            noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
+            if self._finite_on_all_processes(noisy_loss):
+                loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
+                break
+            if attempt == 0:
+                logger.warning("Non-finite noisy loss at step %d: redrawing the noise.", self.state.global_step)
+                self.refresh_noise(model, inputs, reason="non-finite loss")
         else:
-            outputs = model(pixel_values=pixel_values, **extra)
-            with inject_noise(model, noise, module_name=module_name):
-                noisy_logits = model(pixel_values=pixel_values, **extra).logits
-            clean_logits = outputs.logits
-        clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
-        noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
-        loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
+            logger.warning(
+                "The redrawn noise gives a non-finite loss too: step %d trains on the clean loss.",
+                self.state.global_step,
+            )
+            loss = clean_loss
         return (loss, outputs) if return_outputs else loss
 
     # ---- noise state: saved with every checkpoint, restored on resume ---------------------------------------------

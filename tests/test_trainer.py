@@ -174,3 +174,28 @@ def test_unsupported_model_fails_before_training(tmp_path):
     resnet = ResNetForImageClassification(ResNetConfig(num_labels=3, depths=[1], hidden_sizes=[8], embedding_size=8))
     with pytest.raises(UnsupportedModelError, match="nullspace_patch_embedding_module"):
         make_trainer(tmp_path, model=resnet)
+
+
+def test_non_finite_noisy_loss_redraws_the_noise_and_training_continues(tmp_path):
+    trainer = make_trainer(tmp_path, NullspaceArguments(noise_max_updates=10, noise_refresh_steps=100), max_steps=3)
+    calls = {"n": 0}
+
+    def poison_noisy_half_once(module, args, output):
+        if not module.training or output.shape[0] != 16:  # synthesis runs in eval mode
+            return output
+        calls["n"] += 1
+        if calls["n"] == 1:
+            output = output.clone()
+            output[8:] = float("nan")
+        return output
+
+    handle = trainer.model.classifier.register_forward_hook(poison_noisy_half_once)
+    try:
+        trainer.train()
+    finally:
+        handle.remove()
+    assert [(r["step"], r["reason"]) for r in trainer.noise_history] == [(0, "schedule"), (0, "non-finite loss")]
+    assert trainer.state.global_step == 3
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
