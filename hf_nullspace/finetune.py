@@ -218,6 +218,50 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
     return trainer, counters
 
 
+def robustness_data(data_args, training_args):
+    """The clean data a robustness suite reads: the bundled MNIST for the default, else the run's eval split."""
+    from .data import BenchmarkSpec
+
+    if data_args.robustness_suite == "mnist" and data_args.dataset_name == str(ASSETS / "mnist"):
+        return None
+    local = os.path.exists(data_args.dataset_name)
+    return BenchmarkSpec(
+        name=os.path.basename(data_args.dataset_name.rstrip("/")),
+        repo_id=None if local else data_args.dataset_name,
+        path=data_args.dataset_name if local else None,
+        config_name=data_args.dataset_config_name,
+        split=data_args.eval_split or "validation",
+        label_space="custom",
+        num_classes=None,
+        display_name=data_args.dataset_name,
+    )
+
+
+def run_results(trainer, model_args, data_args, metrics: dict) -> dict:
+    """The results dict of a run in the schema of `hub.py` (what `results.json` and the model card hold)."""
+    from .hub import redact
+
+    args = trainer.args
+    name = (
+        args.hub_model_id.split("/")[-1] if args.hub_model_id else os.path.basename(os.path.abspath(args.output_dir))
+    )
+    return {
+        "model_name": name,
+        "base_model": model_args.model_name_or_path,
+        "license": "apache-2.0",
+        "dataset": {
+            "name": data_args.dataset_name,
+            "config": data_args.dataset_config_name,
+            "split": data_args.train_split,
+        },
+        "nullspace_args": trainer.nullspace_args.to_dict(),
+        "training_args": redact(args.to_dict()),
+        "noise_history": trainer.noise_history,
+        "figures": [],
+        **metrics,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
     model_args, data_args, nullspace_args, training_args = parse_args(argv)
@@ -227,6 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     transformers.utils.logging.set_verbosity(logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
+    # the Trainer's own push uploads checkpoints and its generic card: this job pushes the finished run itself
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer, counters = build_trainer(model_args, data_args, nullspace_args, training_args)
     checkpoint = training_args.resume_from_checkpoint
@@ -235,27 +281,52 @@ def main(argv: list[str] | None = None) -> dict:
         if checkpoint is not None:
             logger.info("Resuming from %s, the newest complete checkpoint in the output folder.", checkpoint)
 
-    results = {}
+    metrics = {}
     if training_args.do_train or not training_args.do_eval:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
-        results["train"] = train_result.metrics
+        metrics["train"] = train_result.metrics
     if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results["eval"] = metrics
-    results["skipped_rows"] = {split: counter.as_dict() for split, counter in counters.items()}
-    if trainer.is_world_process_zero():
-        for split, counter in counters.items():
-            log = logger.warning if counter.skipped else logger.info
-            log("Rows of the %s data read, skipped and converted: %s", split, counter.as_dict())
-        with open(os.path.join(training_args.output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        print(f"Finished: everything is in {os.path.abspath(training_args.output_dir)}")
+        metrics["eval"] = trainer.evaluate()
+        trainer.log_metrics("eval", metrics["eval"])
+        trainer.save_metrics("eval", metrics["eval"])
+    metrics["skipped_rows"] = {split: counter.as_dict() for split, counter in counters.items()}
+    if not trainer.is_world_process_zero():
+        return metrics
+
+    output_dir = training_args.output_dir
+    for split, counter in counters.items():
+        log = logger.warning if counter.skipped else logger.info
+        log("Rows of the %s data read, skipped and converted: %s", split, counter.as_dict())
+    results = run_results(trainer, model_args, data_args, metrics)
+    if trainer.noise_history:
+        results["figures"].append("noise_norm.png")
+    if data_args.robustness_suite not in (None, "none"):
+        from .robustness import evaluate_robustness
+
+        report = evaluate_robustness(
+            {"base": model_args.model_name_or_path, "finetuned": trainer.accelerator.unwrap_model(trainer.model)},
+            image_processor=trainer.processing_class,
+            suite=data_args.robustness_suite,
+            data=robustness_data(data_args, training_args),
+            max_samples=data_args.robustness_max_samples,
+            batch_size=training_args.per_device_eval_batch_size,
+            seed=training_args.seed,
+            token=model_args.token,
+        )
+        figures = report.save(output_dir)
+        results["robustness"] = report.to_dict()
+        results["figures"] += [os.path.basename(f) for f in figures]
+        print(report.to_markdown())
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    trainer.create_model_card()
+    if push_to_hub:
+        logger.info("Pushed to %s", trainer.push_to_hub())
+    print(f"Finished: everything is in {os.path.abspath(output_dir)}")
     return results
 
 

@@ -74,3 +74,72 @@ def plot_patterns(patterns: torch.Tensor, path: str, title: str) -> str:
         axes[0][0].axis("off")
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def _accuracy_rows(model: dict, key: str = "results") -> list[dict]:
+    return [r for r in model[key] if r["metric"] == "accuracy" and r["value"] is not None]
+
+
+def plot_benchmark_accuracy(report: dict, path: str, title: str = "Top-1 accuracy per benchmark") -> str:
+    """Grouped bars: one group per benchmark (clean, attacks, corruptions, shifts), one bar per model."""
+    models = report["models"]
+    benchmarks = [r["benchmark"] for r in _accuracy_rows(models[0])]
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(benchmarks) + 2), 4))
+    for i, model in enumerate(models):
+        values = {r["benchmark"]: 100 * r["value"] for r in _accuracy_rows(model)}
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(benchmarks))]
+        ax.bar(xs, [values.get(b, 0) for b in benchmarks], width=width, label=model["name"])
+    ax.set_xticks(range(len(benchmarks)))
+    ax.set_xticklabels(benchmarks, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_corruption_severity(report: dict, path: str, title: str = "Accuracy per corruption severity") -> str:
+    """One panel per corruption: accuracy against severity 1-5, one line per model."""
+    models = report["models"]
+    corruptions = list(dict.fromkeys(r["corruption"] for r in models[0]["details"]))
+    columns = min(5, len(corruptions))
+    rows = -(-len(corruptions) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.2 * rows), squeeze=False, sharey=True)
+    for ax, corruption in zip(axes.flat, corruptions):
+        for model in models:
+            points = sorted(
+                (r["severity"], 100 * r["value"]) for r in model["details"] if r["corruption"] == corruption
+            )
+            ax.plot(*zip(*points), marker="o", markersize=3, label=model["name"])
+        ax.set_title(corruption, fontsize=8)
+        ax.set_xticks([1, 2, 3, 4, 5])
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(corruptions) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_attack_budgets(report: dict, path: str, title: str = "Accuracy against attack budget") -> str:
+    """Accuracy against the attack's epsilon (0 = clean), one line per attack and model."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for model in report["models"]:
+        clean = next((100 * r["value"] for r in _accuracy_rows(model) if r["benchmark"] == "clean"), None)
+        attacks = {}
+        for r in _accuracy_rows(model):
+            if r["group"] == "attack" and "epsilon" in r["params"]:
+                attacks.setdefault(r["benchmark"].split("@")[0], []).append((r["params"]["epsilon"], 100 * r["value"]))
+        for attack, points in attacks.items():
+            points = ([(0.0, clean)] if clean is not None else []) + sorted(points)
+            ax.plot(*zip(*points), marker="o", label=f"{model['name']}: {attack}")
+    ax.set_xlabel("epsilon (pixels in [0, 1])")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -277,3 +277,59 @@ class NullspaceTrainer(Trainer):
         with open(os.path.join(output_dir, NOISE_HISTORY_NAME), "w") as f:
             json.dump(self.noise_history, f, indent=2)
         plot_noise_norm(self.noise_history, os.path.join(output_dir, NOISE_NORM_FIGURE))
+
+    # ---- publishing: the robust card and an exact upload set instead of the Trainer's generic ones ----------------
+
+    def _run_results(self) -> dict:
+        from .hub import redact
+
+        output_dir = self.args.output_dir
+        path = os.path.join(output_dir, "results.json")
+        saved = json.load(open(path)) if os.path.isfile(path) else {}
+        name = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+        figures = [f for f in (NOISE_NORM_FIGURE,) if os.path.isfile(os.path.join(output_dir, f))]
+        results = {
+            "model_name": name.split("/")[-1],
+            "base_model": getattr(self.model.config, "_name_or_path", None),
+            "license": "apache-2.0",
+            "nullspace_args": self.nullspace_args.to_dict(),
+            "training_args": redact(self.args.to_dict()),
+            "noise_history": self.noise_history,
+            "figures": figures,
+        }
+        return {**results, **saved}
+
+    def create_model_card(self, **kwargs) -> None:
+        """
+        Writes the robust model card (method, arguments, robustness table and `model-index` from `results.json`
+        when the run has one) to `output_dir/README.md`, instead of the Trainer's generic card.
+        """
+        if not self.is_world_process_zero():
+            return
+        from .hub import write_model_card
+
+        write_model_card(self.args.output_dir, self._run_results())
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, **kwargs) -> str | None:  # fmt: skip
+        """
+        Saves the model, writes the robust card and uploads the finished run with `hub.push_run`: weights,
+        image processor, card, figures, results and the noise bank, never checkpoints or optimiser states.
+        """
+        from .hub import push_run
+
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        if self.noise_history:
+            self.save_noise_history(self.args.output_dir)
+        self.create_model_card()
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        return push_run(
+            self.args.output_dir,
+            repo_id,
+            token=token or self.args.hub_token,
+            private=bool(self.args.hub_private_repo),
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message,
+        )

@@ -1,0 +1,149 @@
+"""A [0, 1] pixel-space view of a Hugging Face image classifier, the common interface of all attacks."""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class PixelSpaceClassifier(nn.Module):
+    """
+    Wraps a Hugging Face image classifier so that it takes images in [0, 1] and returns logits.
+
+    The normalisation `(images - mean) / std` of the model's image processor is applied here and only here: attacks
+    perturb and clamp images in [0, 1] pixel space, so their budgets (e.g. `epsilon=1/255`) mean what they say.
+
+    With `label_subset`, the logits are restricted to those columns (in the given order): the output has
+    `len(label_subset)` columns and labels must be positions in `label_subset` (see [`~PixelSpaceClassifier.to_subset_labels`]).
+    The top-1 prediction equals the one of the full logits with all other classes masked to `-inf` (ImageNet-A/-R
+    protocol), and losses that compare logits (CW margin, AutoAttack's DLR) stay finite, which they would not with
+    `-inf` columns.
+
+    Args:
+        model (`nn.Module`):
+            An image classifier called as `model(pixel_values=...)` whose output has `.logits`, e.g. from
+            `AutoModelForImageClassification`.
+        mean (`Sequence[float]`):
+            Per-channel mean of the normalisation, e.g. `processor.image_mean`.
+        std (`Sequence[float]`):
+            Per-channel standard deviation of the normalisation, e.g. `processor.image_std`.
+        label_subset (`Sequence[int]`, *optional*):
+            Class indices to keep, e.g. the 200 ImageNet-A classes among the 1000 ImageNet classes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        label_subset: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        if label_subset is None:
+            self.label_subset = None
+        else:
+            subset = torch.as_tensor(list(label_subset), dtype=torch.long)
+            if subset.unique().numel() != subset.numel():
+                raise ValueError("`label_subset` contains duplicate class indices.")
+            self.register_buffer("label_subset", subset, persistent=False)
+
+    @classmethod
+    def from_image_processor(
+        cls, model: nn.Module, processor, label_subset: Sequence[int] | None = None
+    ) -> "PixelSpaceClassifier":
+        """
+        Builds the wrapper with the normalisation of an image processor.
+
+        Args:
+            model (`nn.Module`):
+                The image classifier.
+            processor (`BaseImageProcessor`):
+                Its image processor; `image_mean` and `image_std` are used.
+            label_subset (`Sequence[int]`, *optional*):
+                Class indices to keep, see the class docstring.
+        """
+        return cls(model, processor.image_mean, processor.image_std, label_subset=label_subset)
+
+    @property
+    def config(self):
+        """The wrapped model's config (attacks read `patch_size` from it)."""
+        return self.model.config
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Maps images in [0, 1] to the model's input space: `(images - mean) / std`."""
+        return (images - self.mean) / self.std
+
+    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.label_subset is None else logits[:, self.label_subset]
+
+    def to_subset_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """
+        Maps class indices of the full model to positions in `label_subset`.
+
+        Args:
+            labels (`torch.Tensor` of shape `(batch_size,)`):
+                Class indices of the full model, all of them in `label_subset`.
+        """
+        if self.label_subset is None:
+            return labels
+        matches = labels.unsqueeze(1) == self.label_subset.unsqueeze(0)
+        if not bool(matches.any(dim=1).all()):
+            raise ValueError("Some labels are not in `label_subset`.")
+        return matches.int().argmax(dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            images (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Images in [0, 1].
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size, num_classes)`: the logits, restricted to `label_subset` if given.
+        """
+        return self._restrict(self.model(pixel_values=self.normalize(images)).logits)
+
+    @contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """
+        Switches the wrapped model to the `"eager"` attention implementation for the duration of the block.
+
+        In transformers 5, `sdpa` and flash attention return no attention weights (`output_attentions=True` gives an
+        empty tuple); only `"eager"` does. The previous implementation is restored on exit.
+        """
+        previous = getattr(self.model.config, "_attn_implementation", None)
+        if previous == "eager":
+            yield
+            return
+        if not hasattr(self.model, "set_attn_implementation"):
+            raise ValueError(f"{type(self.model).__name__} cannot switch to eager attention to return attentions.")
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(previous)
+
+    def logits_and_attentions(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """
+        Logits and the attention maps of every layer.
+
+        Args:
+            images (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Images in [0, 1].
+
+        Returns:
+            `tuple(torch.Tensor, tuple(torch.Tensor))`: the logits (restricted as in `forward`) and, per layer, the
+            attention probabilities of shape `(batch_size, num_heads, num_tokens, num_tokens)`.
+
+        Raises:
+            `ValueError`: if the model returns no attentions (e.g. a CNN).
+        """
+        with self.eager_attention():
+            outputs = self.model(pixel_values=self.normalize(images), output_attentions=True)
+        attentions = getattr(outputs, "attentions", None)
+        if not attentions:
+            raise ValueError(f"{type(self.model).__name__} returns no attentions: a ViT-family model is required.")
+        return self._restrict(outputs.logits), tuple(attentions)
