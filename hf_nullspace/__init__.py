@@ -1,1 +1,35 @@
-"""hf_nullspace: approximate nullspace augmented finetuning for Hugging Face vision transformers."""
+"""hf_nullspace: approximate nullspace augmented finetuning (Liu et al., CPAL 2025) for Hugging Face vision transformers."""
+
+from .analysis import convex_closure, noise_to_pixels, permuted_control, scaling_closure
+from .config import NullspaceArguments
+from .embedding import PATCH_EMBEDDING_MODULES, UnsupportedModelError, find_patch_embedding, inject_noise, noise_shape
+from .hub import build_model_card, push_run, write_model_card
+from .nullspace import PatchNullspace, patch_embedding_nullspace
+from .robustness import evaluate_robustness
+from .synthesis import NoiseSynthesisResult, epsilon_statistic, synthesize_noise
+from .trainer import NullspaceTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PATCH_EMBEDDING_MODULES",
+    "NoiseSynthesisResult",
+    "NullspaceArguments",
+    "NullspaceTrainer",
+    "PatchNullspace",
+    "UnsupportedModelError",
+    "build_model_card",
+    "convex_closure",
+    "epsilon_statistic",
+    "evaluate_robustness",
+    "find_patch_embedding",
+    "inject_noise",
+    "noise_shape",
+    "noise_to_pixels",
+    "patch_embedding_nullspace",
+    "permuted_control",
+    "push_run",
+    "scaling_closure",
+    "synthesize_noise",
+    "write_model_card",
+]

@@ -1,0 +1,127 @@
+"""`hf-nullspace`: finetune, evaluate, nullspace, card, push."""
+
+import argparse
+import json
+import os
+import sys
+
+
+def _finetune(args, rest):
+    from .finetune import main
+
+    main(rest)
+
+
+def _evaluate(args, rest):
+    from .robustness import evaluate_robustness
+
+    names = args.names.split(",") if args.names else [os.path.basename(m.rstrip("/")) or m for m in args.models]
+    if len(names) != len(args.models):
+        raise SystemExit(f"--names gives {len(names)} names for {len(args.models)} models.")
+    paths = dict(entry.split("=", 1) for entry in args.path)
+    report = evaluate_robustness(
+        dict(zip(names, args.models)),
+        suite=args.suite,
+        data=args.data,
+        split=args.split,
+        paths=paths,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    figures = report.save(args.output_dir)
+    print(report.to_markdown())
+    print(
+        f"Report and figures in {os.path.abspath(args.output_dir)}: {', '.join(os.path.basename(f) for f in figures)}"
+    )
+
+
+def _nullspace(args, rest):
+    from transformers import AutoModelForImageClassification
+
+    from .nullspace import patch_embedding_nullspace
+    from .plots import plot_patterns
+
+    model = AutoModelForImageClassification.from_pretrained(args.model)
+    nullspace = patch_embedding_nullspace(model, module_name=args.module_name)
+    summary = {
+        "model": args.model,
+        "patch_dim": nullspace.patch_dim,
+        "hidden_size": nullspace.hidden_size,
+        "rank": nullspace.rank,
+        "nullspace_dimension": nullspace.dimension,
+    }
+    print(json.dumps(summary, indent=2))
+    title = f"{nullspace.dimension}-dim nullspace of the patch projection: {min(args.count, nullspace.dimension)} basis patterns"
+    print(f"Figure: {plot_patterns(nullspace.patterns(args.count), args.output, title)}")
+
+
+def _card(args, rest):
+    from .hub import write_model_card
+
+    print(f"Card: {write_model_card(args.output_dir, repo_id=args.repo_id)}")
+
+
+def _push(args, rest):
+    from .hub import push_run
+
+    print(push_run(args.output_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-nullspace", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    finetune = commands.add_parser(
+        "finetune", help="the main job (trainer_scripts/run.py); takes its arguments", add_help=False
+    )
+    finetune.set_defaults(run=_finetune)
+
+    evaluate = commands.add_parser("evaluate", help="score models on a robustness suite, side by side")
+    evaluate.add_argument("models", nargs="+", help="Hub ids or local folders")
+    evaluate.add_argument("--suite", default="mnist", help="mnist, imagenet, attacks, corruptions or shift")
+    evaluate.add_argument("--data", help="clean data (local path or Hub id) for attacks and on-the-fly corruptions")
+    evaluate.add_argument("--split", help="split of --data")
+    evaluate.add_argument("--path", action="append", default=[], help="BENCHMARK=LOCAL_PATH, repeatable")
+    evaluate.add_argument("--names", help="comma-separated names of the models in the report")
+    evaluate.add_argument("--max-samples", type=int, help="images per benchmark")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device")
+    evaluate.add_argument("--output-dir", default="robustness-report")
+    evaluate.set_defaults(run=_evaluate)
+
+    nullspace = commands.add_parser("nullspace", help="exact nullspace of a model's patch projection")
+    nullspace.add_argument("model", help="Hub id or local folder")
+    nullspace.add_argument("--module-name", help="dotted name of the patch projection (unsupported families)")
+    nullspace.add_argument("--count", type=int, default=8, help="basis patterns to draw")
+    nullspace.add_argument("--output", default="nullspace_patterns.png")
+    nullspace.set_defaults(run=_nullspace)
+
+    card = commands.add_parser("card", help="(re)build the model card of a finished run from its results.json")
+    card.add_argument("output_dir")
+    card.add_argument("--repo-id")
+    card.set_defaults(run=_card)
+
+    push = commands.add_parser("push", help="push a finished run (weights, card, figures, results, noise bank)")
+    push.add_argument("output_dir")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--token")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision")
+    push.set_defaults(run=_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv[:1] == ["finetune"]:
+        return _finetune(None, argv[1:])
+    args = parser.parse_args(argv)
+    args.run(args, [])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Image, Value
+from PIL import Image as PILImage
+from transformers import ViTImageProcessor
+
+from hf_nullspace.data import BenchmarkSpec, EvalTransform
+from hf_nullspace.data.imagenet_classes import IMAGENET_A_INDICES_IN_1K
+from hf_nullspace.robustness import Evaluation, Suite, evaluate_robustness, get_suite
+
+from conftest import make_tiny_vit
+
+PROCESSOR = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def write_images(path, num=24, num_classes=10, corrupt_rows=()):
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(num):
+        buffer = io.BytesIO()
+        PILImage.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        images.append({"bytes": data[: len(data) // 3] if i in corrupt_rows else data, "path": None})
+        labels.append(int(rng.integers(0, num_classes)))
+    features = Features({"image": Image(), "label": Value("int64")})
+    os.makedirs(path, exist_ok=True)
+    Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+        os.path.join(path, "test.parquet")
+    )
+    return str(path)
+
+
+def spec(path, label_space="custom", num_classes=10):
+    return BenchmarkSpec(name="local", path=path, split="test", label_space=label_space, num_classes=num_classes)
+
+
+def manual_accuracy(model, path, columns=None):
+    from datasets import load_dataset
+
+    rows = load_dataset("parquet", data_files=os.path.join(path, "test.parquet"), split="train")
+    transform = EvalTransform(32, crop_pct=1.0)
+    images = torch.stack([transform(row["image"]) for row in rows])
+    labels = torch.tensor(rows["label"])
+    with torch.no_grad():
+        logits = model(pixel_values=(images - 0.5) / 0.5).logits
+    logits = logits if columns is None else logits[:, columns]
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def test_clean_accuracy_equals_a_manual_computation(tmp_path):
+    model = make_tiny_vit().eval()
+    data = write_images(tmp_path / "data")
+    suite = Suite("clean-only", [Evaluation("clean")], spec(data))
+    report = evaluate_robustness(model, PROCESSOR, suite=suite, batch_size=10, progress=False)
+    row = report.to_dict()["models"][0]["results"][0]
+    assert row["num_samples"] == 24 and row["skipped"] == 0
+    assert row["value"] == pytest.approx(manual_accuracy(model, data))
+
+
+def test_200_class_benchmark_scores_the_subset_of_1000_way_logits(tmp_path):
+    model = make_tiny_vit(num_labels=1000).eval()
+    data = write_images(tmp_path / "data", num=40, num_classes=200)
+    suite = Suite("a", [Evaluation("imagenet-a-like")], spec(data, "imagenet-a-200", 200))
+    report = evaluate_robustness(model, PROCESSOR, suite=suite, progress=False)
+    expected = manual_accuracy(model, data, columns=IMAGENET_A_INDICES_IN_1K)
+    assert report.value("model_0", "imagenet-a-like") == pytest.approx(expected)
+
+
+def test_attack_and_corruption_rows_are_deterministic_and_complete(tmp_path):
+    model = make_tiny_vit().eval()
+    data = write_images(tmp_path / "data", num=12)
+    suite = get_suite("mnist", data=spec(data))
+    first = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, seed=3, progress=False).to_dict()
+    second = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, seed=3, progress=False).to_dict()
+    assert first == second
+    results = {r["benchmark"]: r for r in first["models"][0]["results"]}
+    assert {"clean", "fgsm@0.02", "pgd@0.05", "corruption/contrast", "corruptions"} <= set(results)
+    assert len(first["models"][0]["details"]) == 10 * 5  # 10 digit corruptions x 5 severities
+    contrast = [r["value"] for r in first["models"][0]["details"] if r["corruption"] == "contrast"]
+    assert results["corruption/contrast"]["value"] == pytest.approx(sum(contrast) / 5)
+
+
+def test_label_space_mismatch_and_unknown_suite_fail_before_any_work(tmp_path):
+    model = make_tiny_vit().eval()
+    with pytest.raises(ValueError, match="10 labels cannot be scored on 'imagenet'"):
+        evaluate_robustness(model, PROCESSOR, suite="imagenet", progress=False)
+    with pytest.raises(ValueError, match="Valid suites: mnist, imagenet, attacks, corruptions, shift"):
+        evaluate_robustness(model, PROCESSOR, suite="imagenet-x", progress=False)
+
+
+def test_undecodable_images_are_skipped_and_counted(tmp_path):
+    model = make_tiny_vit().eval()
+    data = write_images(tmp_path / "data", num=30, corrupt_rows=(4, 17))
+    suite = Suite("clean-only", [Evaluation("clean")], spec(data))
+    report = evaluate_robustness(model, PROCESSOR, suite=suite, max_skip_fraction=0.5, progress=False)
+    row = report.to_dict()["models"][0]["results"][0]
+    assert row["num_samples"] == 28 and row["skipped"] == 2
+    assert row["skipped_by_kind"] == {"corrupt_image": 2}
+
+
+def test_two_models_side_by_side_report_figures_and_card(tmp_path):
+    from hf_nullspace.hub import build_model_card
+
+    base, other = make_tiny_vit().eval(), make_tiny_vit(hidden_size=24).eval()
+    data = write_images(tmp_path / "data", num=10)
+    suite = Suite("small", [Evaluation("clean"), *get_suite("mnist").evaluations[6:16]], spec(data))
+    report = evaluate_robustness({"base": base, "finetuned": other}, PROCESSOR, suite=suite, progress=False)
+    figures = report.save(str(tmp_path / "out"))
+    assert sorted(os.path.basename(f) for f in figures) == ["corruption_severity.png", "robustness.png"]
+    assert all(os.path.getsize(f) > 5000 for f in figures)
+    markdown = (tmp_path / "out" / "robustness.md").read_text()
+    assert "| benchmark | metric | base | finetuned | change |" in markdown and "relative_mce" in markdown
+    saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    relative = [r for r in saved["models"][1]["results"] if r["metric"] == "relative_mce"][0]
+    ratios = [
+        (1 - report.value("finetuned", f"corruption/{c}")) / (1 - report.value("base", f"corruption/{c}"))
+        for c in ("gaussian_noise", "shot_noise")
+    ]
+    assert relative["value"] == pytest.approx(sum(ratios) / 2, rel=1e-6)
+    card = build_model_card({"model_name": "tiny", "base_model": "base", "robustness": saved})
+    assert {r.dataset_type for r in card.data.eval_results} == {"local"}
