@@ -1,0 +1,185 @@
+"""Scale: the real job under two gloo processes on CPU (`accelerate launch --multi_gpu --num_processes 2`).
+
+Each launch runs `tests/multiprocess_job.py` (the job's own `parse_args` + `build_trainer` + `trainer.train`), which
+makes every rank write its weights, noise bank, noise history and the ids of the examples it trained on. The tests
+then check that the ranks agree exactly (one noise per refresh, the epsilon stop on the same update, one set of
+weights) while training on different data, and that a streamed dataset gives every example to exactly one rank.
+"""
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+from datasets import Dataset, load_dataset
+from safetensors.torch import load_file
+from test_finetune import cli_args, save_model, write_parquet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB = os.path.join(ROOT, "tests", "multiprocess_job.py")
+WORLD_SIZE = 2
+NUM_TRAIN = 32  # rows of the train split (write_parquet's 48 minus 16 test rows)
+BATCH = 4  # per device: 2 ranks x 4 rows x 4 steps = one pass over the 32 rows
+STEPS = 4
+LAUNCH_TIMEOUT = 240
+
+
+def write_id_shards(folder, num_shards=2):
+    """`write_parquet`'s data with the train split cut into `num_shards` parquet files, row `k` carrying its id in
+    pixel (0, 0) as `(k % 256, k // 256, 255)` (decoded back by `multiprocess_job.example_ids`)."""
+    folder = write_parquet(folder)
+    train_file = os.path.join(folder, "train.parquet")
+    rows = load_dataset("parquet", data_files=train_file, split="train")
+    features = rows.features
+    images, labels = [], []
+    for k, row in enumerate(rows):
+        image = row["image"].convert("RGB").copy()
+        image.putpixel((0, 0), (k % 256, k // 256, 255))
+        images.append(image)
+        labels.append(row["label"])
+    os.remove(train_file)
+    per_shard = len(images) // num_shards
+    for s in range(num_shards):
+        part = slice(s * per_shard, (s + 1) * per_shard)
+        Dataset.from_dict({"image": images[part], "label": labels[part]}, features=features).to_parquet(
+            os.path.join(folder, f"train-{s:05d}-of-{num_shards:05d}.parquet")
+        )
+    return folder, list(range(len(images)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_args(data, model, out, *extra):
+    return cli_args(
+        data, model, out,
+        "--max_steps", str(STEPS), "--per_device_train_batch_size", str(BATCH), "--save_strategy", "no",
+        "--train_crop_scale_min", "1.0", "--train_flip", "false", "--noise_refresh_steps", "2",
+        "--noise_max_updates", "30", "--seed", "0",
+        "--disable_tqdm", "true", "--use_cpu", "True", *extra,
+    )  # fmt: skip
+
+
+def launch(data, model, out, *extra):
+    """Runs the job on two ranks and returns their states, rank by rank, and the seconds it took."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(WORLD_SIZE),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), JOB, *job_args(data, model, out, *extra),
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    start = time.perf_counter()
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    states = []
+    for rank in range(WORLD_SIZE):
+        with open(os.path.join(out, f"rank_{rank}.json")) as f:
+            state = json.load(f)
+        state["tensors"] = load_file(os.path.join(out, f"rank_{rank}.safetensors"))
+        states.append(state)
+    assert [s["rank"] for s in states] == list(range(WORLD_SIZE))
+    assert all(s["world_size"] == WORLD_SIZE and s["num_processes"] == WORLD_SIZE for s in states), (
+        "the launch did not start two real processes"
+    )
+    return states, seconds
+
+
+def ids_seen(state) -> list[int]:
+    return [i for batch in state["batches"] for i in batch["ids"]]
+
+
+def assert_ranks_in_step(states):
+    """Both ranks hold the same noise after every refresh, stopped on the same update, and end on the same weights."""
+    rank0, rank1 = states
+    assert rank0["global_step"] == rank1["global_step"] == STEPS
+    history0, history1 = rank0["history"], rank1["history"]
+    assert [r["step"] for r in history0] == [r["step"] for r in history1] == list(range(0, STEPS, 2))
+    assert rank0["refresh_digests"] == rank1["refresh_digests"]
+    for r0, r1 in zip(history0, history1, strict=True):
+        assert r0["updates"] == r1["updates"], (r0, r1)
+        assert r0["statistic"] == r1["statistic"], (r0, r1)
+        assert r0["reached"] == r1["reached"] and r0["norm"] == r1["norm"], (r0, r1)
+    # the run really synthesised: at least one refresh took updates, and the epsilon stop was reached
+    assert any(r["updates"] > 0 for r in history0), history0
+    tensors0, tensors1 = rank0["tensors"], rank1["tensors"]
+    assert tensors0.keys() == tensors1.keys()
+    noises = sorted(k for k in tensors0 if k.startswith("noise."))
+    params = sorted(k for k in tensors0 if k.startswith("param."))
+    assert len(noises) == len(history0) and len(params) > 0
+    for key in noises:
+        assert torch.equal(tensors0[key], tensors1[key]), key
+    worst = max(float((tensors0[k] - tensors1[k]).abs().max()) for k in params)
+    assert worst <= 1e-7, f"the ranks' weights differ by up to {worst}"
+    # the ranks trained on different data, so agreement is not trivial
+    for b0, b1 in zip(rank0["batches"], rank1["batches"], strict=True):
+        assert b0["ids"] != b1["ids"], (b0, b1)
+    return worst
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, trained_tiny_vit):
+    root = tmp_path_factory.mktemp("distributed")
+    data, ids = write_id_shards(root / "data", num_shards=2)
+    # a trained model, so that synthesis has work to do (an untrained one is inside epsilon from the first draw)
+    model = save_model(root / "model", copy.deepcopy(trained_tiny_vit))
+    return root, data, model, ids
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_noise_and_one_model(assets):
+    root, data, model, ids = assets
+    out = str(root / "map_style")
+    states, seconds = launch(data, model, out)
+    worst = assert_ranks_in_step(states)
+    print(f"map-style launch: {seconds:.1f} s, largest weight difference between ranks {worst}")
+    # one epoch of the map-style dataset: the distributed sampler gives every row to exactly one rank
+    seen0, seen1 = ids_seen(states[0]), ids_seen(states[1])
+    assert sorted(seen0 + seen1) == ids and not set(seen0) & set(seen1)
+
+
+# finetune.build_trainer calls split_by_node whenever `not accelerator_config.dispatch_batches`: with the default
+# (None, which accelerate turns into dispatching for an iterable dataset) rank 0 then reads and dispatches only its own
+# half of the shards; with dispatch_batches=False, accelerate's prepare_data_loader shards the already split stream a
+# second time (dataset.shard when it has >= 2 shards, else IterableDatasetShard). Either way half the rows are never
+# seen. Fix: drop the split_by_node call from build_trainer and leave per-rank sharding to accelerate.
+DOUBLE_SPLIT = pytest.mark.xfail(
+    strict=False,
+    reason="finetune.build_trainer splits the stream by node although accelerate already shards or dispatches it: "
+    "half the examples are never seen",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dispatch_batches",
+    [pytest.param(False, marks=DOUBLE_SPLIT), pytest.param(True, marks=DOUBLE_SPLIT)],
+    ids=["split_by_node", "dispatch"],
+)
+def test_streamed_examples_go_to_exactly_one_rank(assets, dispatch_batches):
+    root, data, model, ids = assets
+    out = str(root / f"streamed_dispatch_{dispatch_batches}")
+    extra = ["--streaming", "true"]
+    if not dispatch_batches:
+        extra += ["--accelerator_config", json.dumps({"dispatch_batches": False})]
+    states, seconds = launch(data, model, out, *extra)
+    print(f"streamed launch (dispatch_batches={dispatch_batches}): {seconds:.1f} s")
+    assert_ranks_in_step(states)
+    seen0, seen1 = ids_seen(states[0]), ids_seen(states[1])
+    assert -1 not in seen0 + seen1, "an example id could not be read back from the pixels"
+    counts = Counter(seen0 + seen1)
+    assert len(seen0) == len(seen1) == STEPS * BATCH
+    # STEPS x BATCH x 2 ranks = one pass over the train rows: every id exactly once, on one rank
+    assert not set(seen0) & set(seen1), f"examples seen by both ranks: {sorted(set(seen0) & set(seen1))}"
+    assert sorted(counts) == ids, f"examples never seen: {sorted(set(ids) - set(counts))}"
+    assert set(counts.values()) == {1}, counts
