@@ -14,11 +14,12 @@ from importlib import resources
 
 import numpy as np
 import transformers
-from datasets import ClassLabel
+from datasets import ClassLabel, Value
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -30,7 +31,6 @@ from .data import (
     find_columns,
     load_image_dataset,
     prepare_dataset,
-    split_by_node,
     transforms_from_image_processor,
 )
 from .trainer import NullspaceTrainer, last_complete_checkpoint
@@ -38,6 +38,19 @@ from .trainer import NullspaceTrainer, last_complete_checkpoint
 logger = logging.getLogger(__name__)
 
 ASSETS = resources.files("hf_nullspace") / "assets"
+ROW_KEY = "__row__"
+
+
+class AugmentationEpoch(TrainerCallback):
+    """Tells the train transform which epoch it augments, so each (epoch, row) draws its own crop."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.epoch = int((state.epoch or 0) + 1e-6)
+
+
 DEFAULT_RUN = ASSETS / "default_run.json"
 
 
@@ -184,11 +197,11 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
         revision=model_args.model_revision,
         token=model_args.token,
     )
-    train_transform, eval_transform = transforms_from_image_processor(processor, flip=data_args.train_flip)
+    train_transform, eval_transform = transforms_from_image_processor(
+        processor, flip=data_args.train_flip, seed=training_args.seed
+    )
     train_transform.scale = (data_args.train_crop_scale_min, 1.0)
 
-    if data_args.streaming and training_args.world_size > 1 and not training_args.accelerator_config.dispatch_batches:
-        train_raw = split_by_node(train_raw, training_args.process_index, training_args.world_size)
     if data_args.max_train_samples is not None:
         train_raw = train_raw.take(data_args.max_train_samples)
     if eval_raw is not None and data_args.max_eval_samples is not None:
@@ -198,8 +211,17 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
         "train": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
         "eval": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
     }
+    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes
+    if data_args.streaming:
+        features = (train_raw.features or train_raw._resolve_features().features).copy()
+        features[ROW_KEY] = Value("int64")
+        train_raw = train_raw.map(lambda _, i: {ROW_KEY: i}, with_indices=True, features=features)
+    else:
+        train_raw = train_raw.add_column(ROW_KEY, list(range(len(train_raw))))
     prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels))
-    train_dataset = prepare_dataset(train_raw, train_transform, counter=counters["train"], **prepare)
+    train_dataset = prepare_dataset(
+        train_raw, train_transform, counter=counters["train"], key_column=ROW_KEY, **prepare
+    )
     eval_dataset = (
         prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
         if eval_raw is not None
@@ -214,6 +236,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
         processing_class=processor,
         compute_metrics=_accuracy,
         nullspace_args=nullspace_args,
+        callbacks=[AugmentationEpoch(train_transform)],
     )
     return trainer, counters
 

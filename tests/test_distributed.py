@@ -148,22 +148,10 @@ def test_two_ranks_share_one_noise_and_one_model(assets):
     assert sorted(seen0 + seen1) == ids and not set(seen0) & set(seen1)
 
 
-# finetune.build_trainer calls split_by_node whenever `not accelerator_config.dispatch_batches`: with the default
-# (None, which accelerate turns into dispatching for an iterable dataset) rank 0 then reads and dispatches only its own
-# half of the shards; with dispatch_batches=False, accelerate's prepare_data_loader shards the already split stream a
-# second time (dataset.shard when it has >= 2 shards, else IterableDatasetShard). Either way half the rows are never
-# seen. Fix: drop the split_by_node call from build_trainer and leave per-rank sharding to accelerate.
-DOUBLE_SPLIT = pytest.mark.xfail(
-    strict=False,
-    reason="finetune.build_trainer splits the stream by node although accelerate already shards or dispatches it: "
-    "half the examples are never seen",
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "dispatch_batches",
-    [pytest.param(False, marks=DOUBLE_SPLIT), pytest.param(True, marks=DOUBLE_SPLIT)],
+    [False, True],
     ids=["split_by_node", "dispatch"],
 )
 def test_streamed_examples_go_to_exactly_one_rank(assets, dispatch_batches):

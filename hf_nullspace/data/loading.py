@@ -330,6 +330,7 @@ def prepare_batch(
     num_labels: int | None,
     counter: SkipCounter,
     label_fn: Callable | None = None,
+    key_column: str | None = None,
 ) -> dict[str, list]:
     """Decodes, checks and transforms a batch of rows; bad rows are dropped and counted.
 
@@ -343,6 +344,8 @@ def prepare_batch(
         counter (`SkipCounter`): Receives the counts; raises when too many rows are dropped.
         label_fn (`Callable`, *optional*): Maps the label cell to an int label (e.g. a WordNet id to its index);
             `KeyError`/`ValueError` from it count as `unmapped_label`.
+        key_column (`str`, *optional*): Column identifying each row; with a transform that has `rng_for` (the
+            `TrainTransform`), each row's augmentation is drawn from `transform.rng_for(key)`.
 
     Returns:
         `dict[str, list]`: `{"pixel_values": [tensor, ...], "labels": [int, ...]}` for the kept rows.
@@ -379,7 +382,10 @@ def prepare_batch(
             counter.record("unsupported_mode")
             continue
         counter.record(converted_mode=None if mode == "RGB" else mode)
-        pixel_values.append(transform(image))
+        if key_column is not None and hasattr(transform, "rng_for"):
+            pixel_values.append(transform(image, rng=transform.rng_for(batch[key_column][index])))
+        else:
+            pixel_values.append(transform(image))
         labels.append(int(label))
     counter.check()
     return {"pixel_values": pixel_values, "labels": labels}
@@ -394,6 +400,7 @@ def prepare_dataset(
     counter: SkipCounter | None = None,
     label_fn: Callable | None = None,
     batch_size: int = 64,
+    key_column: str | None = None,
 ) -> Dataset | IterableDataset:
     """Turns an image dataset into one yielding `{"pixel_values", "labels"}`, dropping bad rows (see `prepare_batch`).
 
@@ -411,6 +418,7 @@ def prepare_dataset(
         counter (`SkipCounter`, *optional*): Receives the counts; a new one (1% after 200 rows) by default.
         label_fn (`Callable`, *optional*): Maps label cells to int labels.
         batch_size (`int`, *optional*, defaults to `64`): Rows per `map` call for an `IterableDataset`.
+        key_column (`str`, *optional*): See `prepare_batch`.
 
     Returns:
         `Dataset` or `IterableDataset`.
@@ -431,6 +439,7 @@ def prepare_dataset(
         num_labels=num_labels,
         counter=counter if counter is not None else SkipCounter(),
         label_fn=label_fn,
+        key_column=key_column,
     )
     if isinstance(dataset, IterableDataset):
         return dataset.map(prepare, batched=True, batch_size=batch_size, remove_columns=dataset.column_names)

@@ -131,9 +131,8 @@ class TrainTransform:
         resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BILINEAR`):
             PIL resampling filter.
         seed (`int`, *optional*):
-            Seed of the transform's own `random.Random`. Without it the global `random` module is used, whose state
-            the Trainer seeds and saves in checkpoints, so a resumed run draws the same crops. Calls with an explicit
-            `rng` do not touch it.
+            Seed of the transform's own `random.Random`, and of `rng_for`. Calls with an explicit `rng` do not touch
+            it.
     """
 
     def __init__(
@@ -157,7 +156,14 @@ class TrainTransform:
         self.flip = flip
         self.resample = int(resample)
         self.mean, self.std = _normalisation(image_mean, image_std)
-        self.rng = random.Random(seed) if seed is not None else random
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.epoch = 0
+
+    def rng_for(self, key) -> random.Random:
+        """A random source determined by (seed, epoch, key) alone: the augmentation of a row does not depend on the
+        order rows are loaded in, so a run resumed mid-epoch (whose loader read ahead) draws the same crops."""
+        return random.Random(f"{self.seed}:{self.epoch}:{key}")
 
     def crop_box(self, width: int, height: int, rng: random.Random | None = None) -> tuple[int, int, int, int]:
         """Samples a crop as torchvision's `RandomResizedCrop.get_params`: 10 tries, then a central fallback.
