@@ -38,12 +38,11 @@ def _evaluate(args, rest):
 
 
 def _nullspace(args, rest):
-    from transformers import AutoModelForImageClassification
-
+    from .hub import load_classifier
     from .nullspace import patch_embedding_nullspace
     from .plots import plot_patterns
 
-    model = AutoModelForImageClassification.from_pretrained(args.model)
+    model = load_classifier(args.model)
     nullspace = patch_embedding_nullspace(model, module_name=args.module_name)
     summary = {
         "model": args.model,

@@ -17,7 +17,6 @@ import transformers
 from datasets import ClassLabel, Value
 from transformers import (
     AutoImageProcessor,
-    AutoModelForImageClassification,
     HfArgumentParser,
     TrainerCallback,
     TrainingArguments,
@@ -33,6 +32,7 @@ from .data import (
     prepare_dataset,
     transforms_from_image_processor,
 )
+from .hub import load_classifier
 from .trainer import NullspaceTrainer, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
             f"The dataset has {len(labels)} labels but the model's classifier has {config.num_labels}: its label ids "
             "would be out of range. Pass --ignore_mismatched_sizes to train a new classifier head."
         )
-    model = AutoModelForImageClassification.from_pretrained(
+    model = load_classifier(
         model_args.model_name_or_path,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),

@@ -482,3 +482,28 @@ def push_run(
         ignore_patterns=list(DENIED_PATTERNS),
     )
     return commit.commit_url
+
+
+def load_classifier(name_or_path: str, **kwargs):
+    """
+    `AutoModelForImageClassification.from_pretrained` restricted to safetensors weights: a checkpoint that only has
+    pickled weights (`pytorch_model.bin`) is refused, since unpickling runs code. `trust_remote_code` stays off.
+
+    Args:
+        name_or_path (`str`): Hub id or local folder.
+        **kwargs: passed to `from_pretrained` (revision, token, num_labels, ...).
+    """
+    from transformers import AutoModelForImageClassification
+
+    if kwargs.get("trust_remote_code"):
+        raise ValueError("hf_nullspace never loads remote code: drop trust_remote_code.")
+    try:
+        return AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+    except OSError as error:
+        if Path(name_or_path).is_dir() and any(Path(name_or_path).glob("*.bin")) or "safetensors" in str(error):
+            raise ValueError(
+                f"{name_or_path} has no safetensors weights. hf_nullspace refuses pickled checkpoints "
+                "(pytorch_model.bin): loading them can run arbitrary code. Convert a checkpoint you trust with "
+                "`AutoModelForImageClassification.from_pretrained(path).save_pretrained(path)`."
+            ) from error
+        raise

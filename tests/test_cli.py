@@ -62,3 +62,20 @@ def test_finetune_command_runs_the_main_job_parser(tmp_path):
 
     with pytest.raises(ValueError, match="noise_refresh_steps must be >= 1"):
         main(["finetune", "--output_dir", str(tmp_path), "--noise_refresh_steps", "0"])
+
+
+def test_pickled_checkpoint_is_refused_with_a_clear_message(tmp_path):
+    import pytest
+    import torch
+
+    from hf_nullspace.hub import load_classifier
+
+    model = make_tiny_vit()
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="refuses pickled checkpoints"):
+        load_classifier(str(tmp_path))
+    with pytest.raises(ValueError, match="never loads remote code"):
+        load_classifier(str(tmp_path), trust_remote_code=True)
+    model.save_pretrained(tmp_path)  # safetensors next to it: loads
+    assert load_classifier(str(tmp_path)).config.hidden_size == 48

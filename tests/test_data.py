@@ -184,7 +184,9 @@ def test_transforms_from_image_processor():
     from transformers import BitImageProcessorPil, ViTImageProcessorPil
 
     train, evaluation = transforms_from_image_processor(ViTImageProcessorPil(), flip=False)
-    assert train.size == evaluation.size == (224, 224) and not train.flip and evaluation.crop_pct == 1.0  # ViT only resizes: no crop
+    assert (
+        train.size == evaluation.size == (224, 224) and not train.flip and evaluation.crop_pct == 1.0
+    )  # ViT only resizes: no crop
     assert torch.allclose(evaluation.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
     train, evaluation = transforms_from_image_processor(ViTImageProcessorPil(), normalize=False)
     assert train.mean is None and evaluation.mean is None

@@ -203,10 +203,12 @@ SUITES = ("mnist", "imagenet", "attacks", "corruptions", "shift")
 
 
 def _load(model_or_path, processor, token):
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoImageProcessor
+
+    from ..hub import load_classifier
 
     if isinstance(model_or_path, str):
-        model = AutoModelForImageClassification.from_pretrained(model_or_path, token=token)
+        model = load_classifier(model_or_path, token=token)
         processor = processor or AutoImageProcessor.from_pretrained(model_or_path, token=token)
         return model, processor, model_or_path
     if processor is None:
