@@ -124,7 +124,11 @@ def worker(args) -> dict:
             logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
         )  # fmt: skip
         common = dict(model=model, args=training, train_dataset=Rows(data))
-        trainer = Trainer(**common) if args.variant == "plain_trainer" else NullspaceTrainer(**common, nullspace_args=nullspace_args)
+        trainer = (
+            Trainer(**common)
+            if args.variant == "plain_trainer"
+            else NullspaceTrainer(**common, nullspace_args=nullspace_args)
+        )
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -138,10 +142,10 @@ def worker(args) -> dict:
 def profile(args) -> dict:
     """Where the time of one nullspace step goes: forward+backward of the doubled batch, optimiser, synthesis."""
     import torch
+    from transformers import AutoModelForImageClassification
 
     from hf_nullspace import NullspaceArguments, synthesize_noise
     from hf_nullspace.embedding import inject_noise
-    from transformers import AutoModelForImageClassification
 
     torch.manual_seed(0)
     data = load_data(args.batch_size * 4)
@@ -234,7 +238,7 @@ def main():
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"\n| variant | s/step | x plain Trainer | synthesis share | peak RSS MB |\n|---|---|---|---|---|")
+    print("\n| variant | s/step | x plain Trainer | synthesis share | peak RSS MB |\n|---|---|---|---|---|")
     for variant, row in summary.items():
         print(f"| {variant} | {row['seconds_per_step']:.4f} | {row['ratio_to_plain_trainer']:.2f} | "
               f"{100 * row['synthesis_share']:.1f}% | {row['peak_rss_mb']:.0f} |")  # fmt: skip

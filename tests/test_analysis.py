@@ -1,12 +1,11 @@
 import pytest
 import torch
+from conftest import template_images
 
 from hf_nullspace.analysis import convex_closure, noise_to_pixels, permuted_control, scaling_closure
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.plots import plot_closure
 from hf_nullspace.synthesis import synthesize_noise
-
-from conftest import template_images
 
 
 @pytest.fixture(scope="module")

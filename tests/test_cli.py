@@ -3,10 +3,10 @@ import os
 import subprocess
 import sys
 
-from hf_nullspace.cli import main
-
 from conftest import make_tiny_vit
 from test_suite import PROCESSOR, write_images
+
+from hf_nullspace.cli import main
 
 
 def saved_model(folder, **overrides):

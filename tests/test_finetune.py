@@ -5,14 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_tiny_vit, template_images
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
 from hf_nullspace.embedding import UnsupportedModelError
 from hf_nullspace.finetune import build_trainer, parse_args
-
-from conftest import make_tiny_vit, template_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

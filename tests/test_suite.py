@@ -5,15 +5,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Image, Value
+from conftest import make_tiny_vit
+from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hf_nullspace.data import BenchmarkSpec, EvalTransform
 from hf_nullspace.data.imagenet_classes import IMAGENET_A_INDICES_IN_1K
 from hf_nullspace.robustness import Evaluation, Suite, evaluate_robustness, get_suite
-
-from conftest import make_tiny_vit
 
 PROCESSOR = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 

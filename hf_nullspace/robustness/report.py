@@ -61,7 +61,7 @@ class RobustnessReport:
             for r in rows:
                 if r["group"] == "corruption":
                     by_corruption[r["corruption"]].append(r)
-            for corruption, group in by_corruption.items():
+            for group in by_corruption.values():
                 first = group[0]
                 prefix = first["benchmark"].rsplit("/", 1)[0]
                 summary.append(

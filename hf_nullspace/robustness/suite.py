@@ -282,13 +282,13 @@ def evaluate_robustness(
         by_source[evaluation.source].append(evaluation)
 
     report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
-    for name, (model, _, _) in loaded.items():
+    for model, _, _ in loaded.values():
         model.to(device).eval()
     for source, evaluations in by_source.items():
         spec = sources[source]
         # models sharing an input pipeline share one pass over the data
         pipelines = defaultdict(list)
-        for name, (model, processor, _) in loaded.items():
+        for name, (_, processor, _) in loaded.items():
             _, transform = transforms_from_image_processor(processor, normalize=False)
             pipelines[(transform.size, transform.crop_pct, transform.resample)].append(name)
         for names in pipelines.values():
