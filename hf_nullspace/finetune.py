@@ -163,6 +163,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
     for split in [data_args.eval_split] if data_args.eval_split else ["validation", "test"]:
         try:
             eval_raw = load_image_dataset(data_args.dataset_name, split=split, **load)
+            data_args.eval_split = split  # the robustness suite reads the same split
             break
         except ValueError:
             if data_args.eval_split:

@@ -403,3 +403,50 @@ def test_push_and_load_round_trip(hub_server, finished_run, tmp_path):
     assert "POST /api/models/robust-org/tiny-vit-nullspace/commit/main" in log
     for text in (log, push.stdout, push.stderr, load.stdout, load.stderr):
         assert TOKEN not in text
+
+
+@pytest.mark.slow
+def test_a_finished_training_run_is_pushed_and_loads_with_plain_transformers(hub_server, tmp_path):
+    """The main job trains, scores base vs finetuned, writes the card and pushes; a fresh process loads it back."""
+    from test_finetune import cli_args, save_model, write_parquet
+
+    endpoint, _, log_path = hub_server
+    data = write_parquet(tmp_path / "data")
+    model = save_model(tmp_path / "model")
+    out = tmp_path / "out"
+    args = cli_args(data, model, str(out), "--push_to_hub", "true", "--hub_model_id", "user/trained-nullspace",
+                    "--hub_token", TOKEN, "--robustness_suite", "attacks", "--robustness_max_samples", "8")  # fmt: skip
+    args.remove("none")
+    args.remove("--robustness_suite")  # the first occurrence: "none", replaced by the suite above
+    run_fresh(f"from hf_nullspace.finetune import main; main({args!r})", endpoint, tmp_path / "hf_home_train")
+    assert not any(TOKEN in path.read_text(errors="ignore") for path in out.glob("*.json"))
+
+    load = run_fresh(
+        """
+        import json
+        from huggingface_hub import HfApi, ModelCard
+        from transformers import AutoModelForImageClassification
+
+        model = AutoModelForImageClassification.from_pretrained("user/trained-nullspace")
+        card = ModelCard.load("user/trained-nullspace")
+        print(json.dumps({
+            "files": sorted(HfApi().list_repo_files("user/trained-nullspace")),
+            "eval": [[r.metric_name, r.metric_value] for r in card.data.eval_results],
+            "state": {k: v.sum().item() for k, v in model.state_dict().items()},
+        }))
+        """,
+        endpoint,
+        tmp_path / "hf_home_load",
+    )
+    loaded = json.loads(load.stdout.strip().splitlines()[-1])
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "results.json",
+            "noise_bank.safetensors", "noise_history.json", "noise_norm.png"} <= set(loaded["files"])  # fmt: skip
+    assert not any(f.startswith("checkpoint-") or f.endswith((".bin", ".pt")) for f in loaded["files"])
+    from transformers import AutoModelForImageClassification
+
+    local = AutoModelForImageClassification.from_pretrained(out)
+    assert loaded["state"] == pytest.approx({k: v.sum().item() for k, v in local.state_dict().items()}, abs=0)
+    results = json.loads((out / "results.json").read_text())
+    finetuned = next(m for m in results["robustness"]["models"] if m["name"] == "finetuned")
+    assert sorted(value for _, value in loaded["eval"]) == sorted(r["value"] for r in finetuned["results"])
+    assert TOKEN not in log_path.read_text()
