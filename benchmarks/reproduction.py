@@ -66,9 +66,12 @@ def run(config, args) -> dict:
     results = json.load(open(results_file))
     finetuned = next(m for m in results["robustness"]["models"] if m["name"] == "finetuned")
     base = next(m for m in results["robustness"]["models"] if m["name"] == "base")
-    value = lambda model, b, m: next(
-        (r["value"] for r in model["results"] if r["benchmark"] == b and r["metric"] == m), None
-    )  # noqa: E731
+
+    def value(model, benchmark, metric):
+        return next(
+            (r["value"] for r in model["results"] if (r["benchmark"], r["metric"]) == (benchmark, metric)), None
+        )
+
     history = results.get("noise_history", [])
     return {
         **config,
