@@ -62,7 +62,13 @@ from huggingface_hub.utils import filter_repo_objects
 logger = logging.getLogger(__name__)
 
 PAPER_URL = "https://arxiv.org/abs/2403.10476"
-DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "model_card_template.md"
+# model_cards/ at the top of the repository, installed as the package data hf_nullspace/model_cards
+_INSTALLED_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "model_card_template.md"
+DEFAULT_TEMPLATE_PATH = (
+    _INSTALLED_TEMPLATE
+    if _INSTALLED_TEMPLATE.is_file()
+    else Path(__file__).resolve().parent.parent / "model_cards" / "model_card_template.md"
+)
 RESULTS_FILE = "results.json"
 NOISE_HISTORY_FILE = "noise_history.json"
 CARD_FILE = "README.md"
