@@ -18,9 +18,10 @@ $(BIN)/hf-nullspace: pyproject.toml
 setup: $(BIN)/hf-nullspace
 
 $(VENV)/.test-oracles: $(BIN)/hf-nullspace
-	# independent implementations the tests compare against: torchattacks without its deps (they break the env),
+	# independent implementations the tests compare against: torchattacks without its deps (they break the env), the
+	# optional AutoAttack package,
 	# imagecorruptions (needs setuptools<81 for pkg_resources)
-	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1 pyautoattack==0.2.0
 	$(BIN)/pip install -q "setuptools<81" imagecorruptions==1.1.2
 	touch $@
 
