@@ -43,25 +43,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.imagenet_classes import IMAGENET_C_CORRUPTIONS
+
 __all__ = ["CORRUPTIONS", "corrupt"]
 
-CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+CORRUPTIONS = IMAGENET_C_CORRUPTIONS  # the 15 in the standard order
 
 _REFERENCE_SIDE = 224
 
