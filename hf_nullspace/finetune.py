@@ -261,6 +261,11 @@ def robustness_data(data_args, training_args):
     )
 
 
+def _shown(path: str) -> str:
+    """Hub ids as they are; the bundled assets by their place in the package, not this machine's path."""
+    return "hf_nullspace/assets/" + os.path.relpath(path, str(ASSETS)) if path.startswith(str(ASSETS)) else path
+
+
 def run_results(trainer, model_args, data_args, metrics: dict) -> dict:
     """The results dict of a run in the schema of `hub.py` (what `results.json` and the model card hold)."""
     from .hub import redact
@@ -271,10 +276,10 @@ def run_results(trainer, model_args, data_args, metrics: dict) -> dict:
     )
     return {
         "model_name": name,
-        "base_model": model_args.model_name_or_path,
+        "base_model": _shown(model_args.model_name_or_path),
         "license": "apache-2.0",
         "dataset": {
-            "name": data_args.dataset_name,
+            "name": _shown(data_args.dataset_name),
             "config": data_args.dataset_config_name,
             "split": data_args.train_split,
         },
@@ -343,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         figures = report.save(output_dir)
         results["robustness"] = report.to_dict()
+        for entry in results["robustness"]["models"]:
+            entry["path"] = _shown(entry["path"])
         results["figures"] += [os.path.basename(f) for f in figures]
         print(report.to_markdown())
     with open(os.path.join(output_dir, "results.json"), "w") as f:

@@ -112,6 +112,7 @@ REDACTED = "<redacted>"
 METRICS = {
     "accuracy": ("Accuracy", True, 1),
     "mce": ("mCE", True, -1),
+    "relative_mce": ("relative mCE", True, -1),
     "error": ("Error", True, -1),
 }
 KEY_TRAINING_ARGS = (
