@@ -82,8 +82,9 @@ def _cycle(batches) -> Iterator[tuple[int, torch.Tensor]]:
 
 
 @contextlib.contextmanager
-def _synthesis_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters frozen (no parameter gradients), everything restored afterwards."""
+def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode with parameters frozen, for optimising an input or a noise against a fixed model (synthesis,
+    attacks): no parameter gradients are computed or left behind; mode and `requires_grad` flags are restored."""
     was_training = model.training
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
@@ -180,7 +181,7 @@ def synthesize_noise(
                 noisy = _logits(model, pixel_values).float()
         return clean, noisy
 
-    with _synthesis_mode(model):
+    with frozen_eval_mode(model):
         try:
             position, first = next(stream)
         except StopIteration:

@@ -9,31 +9,15 @@ from `generator`, which defaults to a fresh `torch.Generator` seeded with 0, so 
 """
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..synthesis import frozen_eval_mode
 from .model import PixelSpaceClassifier
-
-
-@contextmanager
-def _attack_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters frozen; the previous training flag and `requires_grad` flags are restored on exit."""
-    was_training = model.training
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in parameters:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in parameters:
-            p.requires_grad_(True)
-        model.train(was_training)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -81,7 +65,7 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: 
         `torch.Tensor`: adversarial images in [0, 1].
     """
     _check_images(images)
-    with _attack_mode(model):
+    with frozen_eval_mode(model):
         grad = _input_gradient(model, images, labels)
     return (images + epsilon * grad.sign()).clamp(0, 1).detach()
 
@@ -142,7 +126,7 @@ def pgd(
             radius = _rand((images.shape[0], 1, 1, 1), generator, images)
             delta = direction / _flat_norm(direction) * radius * epsilon
         adv = (images + delta).clamp(0, 1)
-    with _attack_mode(model):
+    with frozen_eval_mode(model):
         for _ in range(steps):
             grad = _input_gradient(model, adv, labels)
             if norm == "linf":
@@ -223,7 +207,7 @@ def cw_l2(
     lower = torch.zeros_like(const)
     upper = torch.full_like(const, float("inf"))
     check_every = max(steps // 10, 1)
-    with _attack_mode(model):
+    with frozen_eval_mode(model):
         for _ in range(binary_search_steps):
             w = w_init.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([w], lr=lr)
@@ -341,7 +325,7 @@ def patch_fool(
         raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {patch_h}x{patch_w}.")
     grid_h, grid_w = height // patch_h, width // patch_w
 
-    with _attack_mode(model), model.eager_attention():
+    with frozen_eval_mode(model), model.eager_attention():
         with torch.no_grad():
             _, attentions = model.logits_and_attentions(images)
         num_layers = len(attentions)
@@ -447,7 +431,7 @@ def autoattack(
         ) from error
     _check_images(images)
     devices = [images.device] if images.device.type == "cuda" else []
-    with _attack_mode(model), torch.random.fork_rng(devices=devices):
+    with frozen_eval_mode(model), torch.random.fork_rng(devices=devices):
         adversary = AutoAttack(
             model,
             eps=epsilon,
