@@ -242,7 +242,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
     return trainer, counters
 
 
-def robustness_data(data_args, training_args):
+def robustness_data(data_args):
     """The clean data a robustness suite reads: the bundled MNIST for the default, else the run's eval split."""
     from .data import BenchmarkSpec
 
@@ -268,25 +268,14 @@ def _shown(path: str) -> str:
 
 def run_results(trainer, model_args, data_args, metrics: dict) -> dict:
     """The results dict of a run in the schema of `hub.py` (what `results.json` and the model card hold)."""
-    from .hub import redact
-
-    args = trainer.args
-    name = (
-        args.hub_model_id.split("/")[-1] if args.hub_model_id else os.path.basename(os.path.abspath(args.output_dir))
-    )
     return {
-        "model_name": name,
+        **trainer.run_results(),
         "base_model": _shown(model_args.model_name_or_path),
-        "license": "apache-2.0",
         "dataset": {
             "name": _shown(data_args.dataset_name),
             "config": data_args.dataset_config_name,
             "split": data_args.train_split,
         },
-        "nullspace_args": trainer.nullspace_args.to_dict(),
-        "training_args": redact(args.to_dict()),
-        "noise_history": trainer.noise_history,
-        "figures": [],
         **metrics,
     }
 
@@ -331,8 +320,6 @@ def main(argv: list[str] | None = None) -> dict:
         log = logger.warning if counter.skipped else logger.info
         log("Rows of the %s data read, skipped and converted: %s", split, counter.as_dict())
     results = run_results(trainer, model_args, data_args, metrics)
-    if trainer.noise_history:
-        results["figures"].append("noise_norm.png")
     if data_args.robustness_suite not in (None, "none"):
         from .robustness import evaluate_robustness
 
@@ -340,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
             {"base": model_args.model_name_or_path, "finetuned": trainer.accelerator.unwrap_model(trainer.model)},
             image_processor=trainer.processing_class,
             suite=data_args.robustness_suite,
-            data=robustness_data(data_args, training_args),
+            data=robustness_data(data_args),
             max_samples=data_args.robustness_max_samples,
             batch_size=training_args.per_device_eval_batch_size,
             seed=training_args.seed,

@@ -280,24 +280,22 @@ class NullspaceTrainer(Trainer):
 
     # ---- publishing: the robust card and an exact upload set instead of the Trainer's generic ones ----------------
 
-    def _run_results(self) -> dict:
+    def run_results(self) -> dict:
+        """The run's results in the schema of `hub.py` as far as the trainer knows them: name, base model, arguments
+        (redacted), noise history and figures. The main job adds the data and the evaluation."""
         from .hub import redact
 
         output_dir = self.args.output_dir
-        path = os.path.join(output_dir, "results.json")
-        saved = json.load(open(path)) if os.path.isfile(path) else {}
         name = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
-        figures = [f for f in (NOISE_NORM_FIGURE,) if os.path.isfile(os.path.join(output_dir, f))]
-        results = {
+        return {
             "model_name": name.split("/")[-1],
             "base_model": getattr(self.model.config, "_name_or_path", None),
             "license": "apache-2.0",
             "nullspace_args": self.nullspace_args.to_dict(),
             "training_args": redact(self.args.to_dict()),
             "noise_history": self.noise_history,
-            "figures": figures,
+            "figures": [f for f in (NOISE_NORM_FIGURE,) if os.path.isfile(os.path.join(output_dir, f))],
         }
-        return {**results, **saved}
 
     def create_model_card(self, **kwargs) -> None:
         """
@@ -308,7 +306,9 @@ class NullspaceTrainer(Trainer):
             return
         from .hub import write_model_card
 
-        write_model_card(self.args.output_dir, self._run_results())
+        path = os.path.join(self.args.output_dir, "results.json")
+        saved = json.load(open(path)) if os.path.isfile(path) else {}
+        write_model_card(self.args.output_dir, {**self.run_results(), **saved})
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision=None, **kwargs) -> str | None:  # fmt: skip

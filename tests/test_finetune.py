@@ -93,7 +93,7 @@ def test_more_labels_than_the_model_has_is_an_error_before_training(tmp_path):
     assert trainer.model.config.num_labels == 12
 
 
-def test_label_without_names_needs_classlabel(tmp_path):
+def test_labels_without_classlabel_take_the_model_label_names(tmp_path):
     data = write_parquet(tmp_path / "data", label_feature=Value("int64"))
     model = save_model(tmp_path / "model")
     trainer, _ = build(tmp_path, data, model)  # the model's id2label names the classes
