@@ -1,9 +1,12 @@
 """hf_nullspace: approximate nullspace augmented finetuning (Liu et al., CPAL 2025) for Hugging Face vision transformers."""
 
 from .analysis import convex_closure, noise_to_pixels, permuted_control, scaling_closure
+from .card import build_model_card, collect_results, write_model_card
+from .classifier import load_classifier
 from .config import NullspaceArguments
 from .embedding import PATCH_EMBEDDING_MODULES, UnsupportedModelError, find_patch_embedding, inject_noise, noise_shape
-from .hub import build_model_card, push_run, write_model_card
+from .hub import push_run
+from .noise_bank import NoiseBank
 from .nullspace import PatchNullspace, patch_embedding_nullspace
 from .robustness import evaluate_robustness
 from .synthesis import NoiseSynthesisResult, epsilon_statistic, synthesize_noise
@@ -13,17 +16,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PATCH_EMBEDDING_MODULES",
+    "NoiseBank",
     "NoiseSynthesisResult",
     "NullspaceArguments",
     "NullspaceTrainer",
     "PatchNullspace",
     "UnsupportedModelError",
     "build_model_card",
+    "collect_results",
     "convex_closure",
     "epsilon_statistic",
     "evaluate_robustness",
     "find_patch_embedding",
     "inject_noise",
+    "load_classifier",
     "noise_shape",
     "noise_to_pixels",
     "patch_embedding_nullspace",

@@ -1,25 +1,22 @@
 """Properties of learned noise from the paper's analysis: closure, the permuted control, the noise seen in pixels."""
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
 
-from .embedding import _base_model, find_patch_embedding, inject_noise
+from .classifier import frozen_eval_mode, unwrap
+from .embedding import find_patch_embedding, inject_noise
 from .synthesis import epsilon_statistic
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, pixel_values: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-    if noise is None:
+    """Logits in eval mode (the model's mode is restored), with `noise` at the patch embeddings if given."""
+    model = unwrap(model)
+    with frozen_eval_mode(model), inject_noise(model, noise) if noise is not None else contextlib.nullcontext():
         return model(pixel_values=pixel_values).logits.float()
-    with inject_noise(model, noise):
-        return model(pixel_values=pixel_values).logits.float()
-
-
-def _eval(model: nn.Module) -> nn.Module:
-    model = _base_model(model)
-    model.eval()
-    return model
 
 
 def scaling_closure(
@@ -32,7 +29,6 @@ def scaling_closure(
     Returns:
         `list[dict]`: one `{"scale", "statistic"}` per scale.
     """
-    model = _eval(model)
     clean = _logits(model, pixel_values)
     return [
         {"scale": float(a), "statistic": float(epsilon_statistic(clean, _logits(model, pixel_values, a * noise)))}
@@ -49,7 +45,6 @@ def convex_closure(
     Returns:
         `list[dict]`: one `{"weight", "statistic"}` per weight.
     """
-    model = _eval(model)
     clean = _logits(model, pixel_values)
     results = []
     for t in weights:
@@ -71,7 +66,6 @@ def permuted_control(
         `dict`: `agreement` and `statistic` for the noise, `permuted_agreement` and `permuted_statistic` for the
         control, and the common `norm`.
     """
-    model = _eval(model)
     permuted = noise.flatten()[torch.randperm(noise.numel(), generator=generator)].reshape(noise.shape)
     clean = _logits(model, pixel_values)
     noisy = _logits(model, pixel_values, noise)

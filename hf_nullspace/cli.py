@@ -38,7 +38,7 @@ def _evaluate(args, rest):
 
 
 def _nullspace(args, rest):
-    from .hub import load_classifier
+    from .classifier import load_classifier
     from .nullspace import patch_embedding_nullspace
     from .plots import plot_patterns
 

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .classifier import unwrap
+
 # model_type -> dotted suffix of the patch-embedding projection (a Conv2d with kernel = stride = patch size).
 # The noise of the paper lives at the output of this projection: after it, before the CLS token and the position
 # embeddings are added.
@@ -26,13 +28,6 @@ class UnsupportedModelError(ValueError):
     """Raised when no patch-embedding projection can be found in a model."""
 
 
-def _base_model(model: nn.Module) -> nn.Module:
-    # Accelerate/DDP wrappers keep the HF model under `.module`.
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tuple[str, nn.Conv2d]:
     """
     Finds the patch-embedding projection of a vision transformer.
@@ -46,7 +41,7 @@ def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tu
     Returns:
         `tuple[str, nn.Conv2d]`: the dotted name and the projection module.
     """
-    model = _base_model(model)
+    model = unwrap(model)
     modules = dict(model.named_modules())
     if module_name is not None:
         if module_name not in modules:
@@ -155,7 +150,7 @@ def noise_shape(model: nn.Module, pixel_values: torch.Tensor, module_name: str |
     handle = projection.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            _base_model(model)(pixel_values=pixel_values[:1])
+            unwrap(model)(pixel_values=pixel_values[:1])
     except _ShapeFound:
         pass
     finally:

@@ -23,6 +23,7 @@ from transformers import (
     set_seed,
 )
 
+from .classifier import load_classifier
 from .config import NullspaceArguments
 from .data import (
     SkipCounter,
@@ -32,8 +33,8 @@ from .data import (
     prepare_dataset,
     transforms_from_image_processor,
 )
-from .hub import load_classifier
-from .trainer import NullspaceTrainer, last_complete_checkpoint
+from .noise_bank import last_complete_checkpoint
+from .trainer import NullspaceTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -266,20 +267,6 @@ def _shown(path: str) -> str:
     return "hf_nullspace/assets/" + os.path.relpath(path, str(ASSETS)) if path.startswith(str(ASSETS)) else path
 
 
-def run_results(trainer, model_args, data_args, metrics: dict) -> dict:
-    """The results dict of a run in the schema of `hub.py` (what `results.json` and the model card hold)."""
-    return {
-        **trainer.run_results(),
-        "base_model": _shown(model_args.model_name_or_path),
-        "dataset": {
-            "name": _shown(data_args.dataset_name),
-            "config": data_args.dataset_config_name,
-            "split": data_args.train_split,
-        },
-        **metrics,
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
     model_args, data_args, nullspace_args, training_args = parse_args(argv)
@@ -319,7 +306,15 @@ def main(argv: list[str] | None = None) -> dict:
     for split, counter in counters.items():
         log = logger.warning if counter.skipped else logger.info
         log("Rows of the %s data read, skipped and converted: %s", split, counter.as_dict())
-    results = run_results(trainer, model_args, data_args, metrics)
+    trainer.run_info.update(
+        base_model=_shown(model_args.model_name_or_path),
+        dataset={
+            "name": _shown(data_args.dataset_name),
+            "config": data_args.dataset_config_name,
+            "split": data_args.train_split,
+        },
+        **metrics,
+    )
     if data_args.robustness_suite not in (None, "none"):
         from .robustness import evaluate_robustness
 
@@ -334,18 +329,17 @@ def main(argv: list[str] | None = None) -> dict:
             token=model_args.token,
         )
         figures = report.save(output_dir)
-        results["robustness"] = report.to_dict()
-        for entry in results["robustness"]["models"]:
+        robustness = report.to_dict()
+        for entry in robustness["models"]:
             entry["path"] = _shown(entry["path"])
-        results["figures"] += [os.path.basename(f) for f in figures]
+        trainer.run_info.update(robustness=robustness, figures=[os.path.basename(f) for f in figures])
         print(report.to_markdown())
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    trainer.create_model_card()
-    if push_to_hub:
+    if push_to_hub:  # writes results.json and the card for the repo, then uploads
         logger.info("Pushed to %s", trainer.push_to_hub())
+    else:
+        trainer.create_model_card()
     print(f"Finished: everything is in {os.path.abspath(output_dir)}")
-    return results
+    return trainer.collect_results()
 
 
 if __name__ == "__main__":

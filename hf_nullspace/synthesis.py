@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .classifier import frozen_eval_mode, unwrap
 from .config import NullspaceArguments
-from .embedding import _base_model, inject_noise, noise_shape
+from .embedding import inject_noise, noise_shape
 
 logger = logging.getLogger(__name__)
 
@@ -79,23 +80,6 @@ def _cycle(batches) -> Iterator[tuple[int, torch.Tensor]]:
             yield position, _pixel_values(batch)
         if empty or iter(batches) is batches:
             return
-
-
-@contextlib.contextmanager
-def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode with parameters frozen, for optimising an input or a noise against a fixed model (synthesis,
-    attacks): no parameter gradients are computed or left behind; mode and `requires_grad` flags are restored."""
-    was_training = model.training
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for parameter in trainable:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter in trainable:
-            parameter.requires_grad_(True)
-        model.train(was_training)
 
 
 class _Sync:
@@ -162,7 +146,7 @@ def synthesize_noise(
     args = args if args is not None else NullspaceArguments()
     if args.nullspace_mode == "none":
         raise ValueError("nullspace_mode='none' trains without noise: there is nothing to synthesise.")
-    model = _base_model(model)
+    model = unwrap(model)
     sync = _Sync(accelerator)
     stream = _cycle(batches)
     module_name = args.nullspace_patch_embedding_module

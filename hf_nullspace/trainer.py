@@ -1,54 +1,21 @@
 """`NullspaceTrainer`: a `transformers.Trainer` that finetunes on epsilon-approximate nullspace noise (Section 4)."""
 
-import json
 import logging
 import os
 import time
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .config import NullspaceArguments
 from .embedding import find_patch_embedding, inject_noise
+from .noise_bank import NOISE_NORM_FIGURE, NoiseBank, last_complete_checkpoint
 from .synthesis import synthesize_noise
 
 logger = logging.getLogger(__name__)
-
-NOISE_BANK_NAME = "noise_bank.safetensors"
-NOISE_STATE_NAME = "nullspace_state.json"
-NOISE_HISTORY_NAME = "noise_history.json"
-NOISE_NORM_FIGURE = "noise_norm.png"
-
-
-def _atomic_write(path: str, write) -> None:
-    """Writes through a temporary file in the same folder and renames it into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def is_complete_checkpoint(folder: str) -> bool:
-    """A checkpoint is complete once its nullspace state (written last, atomically) is there."""
-    return os.path.isfile(os.path.join(folder, NOISE_STATE_NAME)) and os.path.isfile(
-        os.path.join(folder, "trainer_state.json")
-    )
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` folder of `output_dir` that was completely written, or `None`."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = []
-    for name in os.listdir(output_dir):
-        prefix, _, step = name.partition("-")
-        folder = os.path.join(output_dir, name)
-        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and is_complete_checkpoint(folder):
-            steps.append((int(step), folder))
-    return max(steps)[1] if steps else None
 
 
 class NullspaceTrainer(Trainer):
@@ -81,8 +48,8 @@ class NullspaceTrainer(Trainer):
     def __init__(self, *args, nullspace_args: NullspaceArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.nullspace_args = nullspace_args if nullspace_args is not None else NullspaceArguments()
-        self.noise_bank: list[torch.Tensor] = []
-        self.noise_history: list[dict] = []
+        self.noise_bank = NoiseBank()
+        self.run_info: dict = {}
         if self.nullspace_args.nullspace_mode != "none":
             find_patch_embedding(self.model, self.nullspace_args.nullspace_patch_embedding_module)
             problem_type = getattr(self.model.config, "problem_type", None)
@@ -95,7 +62,12 @@ class NullspaceTrainer(Trainer):
     @property
     def noise(self) -> torch.Tensor | None:
         """The current noise (the newest of the bank), or `None` before the first synthesis."""
-        return self.noise_bank[-1] if self.noise_bank else None
+        return self.noise_bank.latest
+
+    @property
+    def noise_history(self) -> list[dict]:
+        """The records of every noise synthesised so far (step, norm, updates, statistic, reached, ...)."""
+        return self.noise_bank.history
 
     def _refresh_due(self) -> bool:
         if not self.noise_history:
@@ -114,8 +86,7 @@ class NullspaceTrainer(Trainer):
         )
         record = {"step": self.state.global_step, **result.summary(), "seconds": time.perf_counter() - start}
         record["reason"] = reason
-        self.noise_bank.append(result.noise.detach().cpu())
-        self.noise_history.append(record)
+        self.noise_bank.append(result.noise, record)
         self.log({f"noise_{key}": float(value) for key, value in record.items() if key not in ("step", "reason")})
         return record
 
@@ -194,37 +165,12 @@ class NullspaceTrainer(Trainer):
     # ---- noise state: saved with every checkpoint, restored on resume ---------------------------------------------
 
     def save_noise_state(self, output_dir: str) -> None:
-        """Writes the noise bank (safetensors) and the nullspace state (JSON, written last) to `output_dir`."""
-        os.makedirs(output_dir, exist_ok=True)
-        if self.noise_bank:
-            tensors = {f"noise_{i:04d}": noise.contiguous() for i, noise in enumerate(self.noise_bank)}
-            metadata = {"steps": json.dumps([r["step"] for r in self.noise_history])}
-            _atomic_write(
-                os.path.join(output_dir, NOISE_BANK_NAME), lambda p: save_file(tensors, p, metadata=metadata)
-            )
-        state = {"nullspace_args": self.nullspace_args.to_dict(), "history": self.noise_history}
-        _atomic_write(
-            os.path.join(output_dir, NOISE_STATE_NAME), lambda p: open(p, "w").write(json.dumps(state, indent=2))
-        )
+        """Writes the noise bank and the method's arguments to `output_dir` (see [`NoiseBank.save`])."""
+        self.noise_bank.save(output_dir, self.nullspace_args.to_dict())
 
     def load_noise_state(self, checkpoint: str) -> None:
-        """Restores the noise bank and history saved by `save_noise_state`."""
-        state_path = os.path.join(checkpoint, NOISE_STATE_NAME)
-        if not os.path.isfile(state_path):
-            raise FileNotFoundError(
-                f"{checkpoint} has no {NOISE_STATE_NAME}: it was not written completely or not by NullspaceTrainer. "
-                "Resume from an earlier checkpoint."
-            )
-        with open(state_path) as f:
-            self.noise_history = json.load(f)["history"]
-        bank_path = os.path.join(checkpoint, NOISE_BANK_NAME)
-        tensors = load_file(bank_path) if os.path.isfile(bank_path) else {}
-        self.noise_bank = [tensors[key] for key in sorted(tensors)]
-        if len(self.noise_bank) != len(self.noise_history):
-            raise ValueError(
-                f"{checkpoint}: the noise bank holds {len(self.noise_bank)} noises for "
-                f"{len(self.noise_history)} history records; the checkpoint is inconsistent."
-            )
+        """Restores the noise bank saved by `save_noise_state`."""
+        self.noise_bank = NoiseBank.load(checkpoint)
 
     def _save_checkpoint(self, model, trial):
         # rotate old checkpoints only once this one is complete, so a crash mid-save never leaves none loadable
@@ -265,65 +211,68 @@ class NullspaceTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir}).")
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
-        if self.args.should_save and self.noise_history:
-            self.save_noise_history(self.args.output_dir)
+        if self.args.should_save and len(self.noise_bank):
+            self.noise_bank.export(self.args.output_dir, self.nullspace_args.to_dict())
         return output
-
-    def save_noise_history(self, output_dir: str) -> None:
-        """Writes the noise bank, the history as JSON and the noise norm figure to `output_dir`."""
-        from .plots import plot_noise_norm
-
-        self.save_noise_state(output_dir)
-        with open(os.path.join(output_dir, NOISE_HISTORY_NAME), "w") as f:
-            json.dump(self.noise_history, f, indent=2)
-        plot_noise_norm(self.noise_history, os.path.join(output_dir, NOISE_NORM_FIGURE))
 
     # ---- publishing: the robust card and an exact upload set instead of the Trainer's generic ones ----------------
 
-    def run_results(self) -> dict:
-        """The run's results in the schema of `hub.py` as far as the trainer knows them: name, base model, arguments
-        (redacted), noise history and figures. The main job adds the data and the evaluation."""
-        from .hub import redact
+    def collect_results(self) -> dict:
+        """
+        The run's results (see `card.collect_results`): what the trainer knows (name, base model, arguments, noise
+        history, figures in the output folder) and what the caller added to `run_info` (data, metrics, robustness).
+        """
+        from .card import collect_results
 
         output_dir = self.args.output_dir
         name = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
-        return {
-            "model_name": name.split("/")[-1],
-            "base_model": getattr(self.model.config, "_name_or_path", None),
-            "license": "apache-2.0",
-            "nullspace_args": self.nullspace_args.to_dict(),
-            "training_args": redact(self.args.to_dict()),
-            "noise_history": self.noise_history,
-            "figures": [f for f in (NOISE_NORM_FIGURE,) if os.path.isfile(os.path.join(output_dir, f))],
-        }
+        info = dict(self.run_info)
+        figures = [f for f in (NOISE_NORM_FIGURE,) if os.path.isfile(os.path.join(output_dir, f))]
+        return collect_results(
+            model_name=name.split("/")[-1],
+            base_model=info.pop("base_model", getattr(self.model.config, "_name_or_path", None)),
+            license=info.pop("license", "apache-2.0"),
+            nullspace_args=self.nullspace_args.to_dict(),
+            training_args=self.args.to_dict(),
+            noise_history=self.noise_history,
+            figures=figures + info.pop("figures", []),
+            **info,
+        )
 
     def create_model_card(self, **kwargs) -> None:
         """
-        Writes the robust model card (method, arguments, robustness table and `model-index` from `results.json`
-        when the run has one) to `output_dir/README.md`, instead of the Trainer's generic card.
+        Writes `results.json` and the robust model card (method, arguments, robustness table and `model-index`) to
+        `output_dir`, instead of the Trainer's generic card.
         """
         if not self.is_world_process_zero():
             return
-        from .hub import write_model_card
+        from .card import save_results, write_model_card
 
-        path = os.path.join(self.args.output_dir, "results.json")
-        saved = json.load(open(path)) if os.path.isfile(path) else {}
-        write_model_card(self.args.output_dir, {**self.run_results(), **saved})
+        results = self.collect_results()
+        save_results(self.args.output_dir, results)
+        write_model_card(self.args.output_dir, results, repo_id=self.args.hub_model_id)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
-                    revision=None, **kwargs) -> str | None:  # fmt: skip
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> str | None:
         """
-        Saves the model, writes the robust card and uploads the finished run with `hub.push_run`: weights,
-        image processor, card, figures, results and the noise bank, never checkpoints or optimiser states.
+        Saves the model and uploads the finished run with `hub.push_run` (which writes the card for the repo):
+        weights, image processor, card, figures, results and the noise bank, never checkpoints or optimiser states.
         """
+        from .card import save_results
         from .hub import push_run
 
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        if self.noise_history:
-            self.save_noise_history(self.args.output_dir)
-        self.create_model_card()
+        if len(self.noise_bank):
+            self.noise_bank.export(self.args.output_dir, self.nullspace_args.to_dict())
+        save_results(self.args.output_dir, self.collect_results())
         repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
         return push_run(
             self.args.output_dir,

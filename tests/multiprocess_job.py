@@ -64,7 +64,7 @@ def main(argv=None):
 
     def recording_refresh_noise(model, inputs):
         record = refresh_noise(model, inputs)
-        refresh_digests.append(digest(trainer.noise_bank[-1]))
+        refresh_digests.append(digest(trainer.noise))
         return record
 
     trainer.training_step = recording_training_step
@@ -78,7 +78,7 @@ def main(argv=None):
     rank, world_size = training_args.process_index, training_args.world_size
     model = trainer.accelerator.unwrap_model(trainer.model)
     tensors = {f"param.{name}": p.detach().cpu().contiguous().clone() for name, p in model.named_parameters()}
-    tensors.update({f"noise.{k:04d}": noise.detach().cpu().contiguous() for k, noise in enumerate(trainer.noise_bank)})
+    tensors.update({f"noise.{k:04d}": noise.detach().cpu().contiguous() for k, noise in enumerate(trainer.noise_bank.noises)})
     os.makedirs(training_args.output_dir, exist_ok=True)
     save_file(tensors, os.path.join(training_args.output_dir, f"rank_{rank}.safetensors"))
     state = {

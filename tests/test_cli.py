@@ -68,7 +68,7 @@ def test_pickled_checkpoint_is_refused_with_a_clear_message(tmp_path):
     import pytest
     import torch
 
-    from hf_nullspace.hub import load_classifier
+    from hf_nullspace.classifier import load_classifier
 
     model = make_tiny_vit()
     model.config.save_pretrained(tmp_path)

@@ -21,7 +21,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from hf_nullspace.hub import _check_no_token, _run_files, build_model_card, redact, write_model_card
+from hf_nullspace.card import build_model_card, redact, write_model_card
+from hf_nullspace.hub import _check_no_token, _run_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_testtokenAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
@@ -385,7 +386,7 @@ def test_push_and_load_round_trip(hub_server, finished_run, tmp_path):
     offline = run_fresh(
         f"""
         from huggingface_hub import ModelCard
-        from hf_nullspace.hub import write_model_card
+        from hf_nullspace.card import write_model_card
 
         print(ModelCard.load(write_model_card({str(run)!r}, repo_id={REPO_ID!r})).content)
         """,

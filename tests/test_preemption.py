@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from test_finetune import cli_args, save_model, write_parquet
 
-from hf_nullspace.trainer import NOISE_BANK_NAME, NOISE_STATE_NAME, is_complete_checkpoint, last_complete_checkpoint
+from hf_nullspace.noise_bank import NOISE_BANK_FILE, NOISE_STATE_FILE, is_complete_checkpoint, last_complete_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "trainer_scripts", "run.py")
@@ -87,7 +87,7 @@ def final_state(out) -> dict[str, torch.Tensor]:
     """The final weights (`model.safetensors`) and noise bank of a finished job's output folder."""
     assert os.path.isfile(os.path.join(out, "results.json")), "the job did not finish"
     weights = load_file(os.path.join(out, "model.safetensors"))
-    bank = load_file(os.path.join(out, NOISE_BANK_NAME))
+    bank = load_file(os.path.join(out, NOISE_BANK_FILE))
     return {**{f"param.{k}": v for k, v in weights.items()}, **{f"noise.{k}": v for k, v in bank.items()}}
 
 
@@ -165,7 +165,7 @@ def test_a_half_written_checkpoint_is_skipped_on_resume(jobs):
         f.write(weights[: len(weights) // 3])
     shutil.copy(os.path.join(complete, "trainer_state.json"), os.path.join(partial, "trainer_state.json"))
     os.utime(partial, (time.time() + 5, time.time() + 5))  # newer than the complete one
-    assert not os.path.exists(os.path.join(partial, NOISE_STATE_NAME))
+    assert not os.path.exists(os.path.join(partial, NOISE_STATE_FILE))
     assert last_complete_checkpoint(out) == complete
 
     run(command(data, model, out))

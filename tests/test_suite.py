@@ -103,7 +103,7 @@ def test_undecodable_images_are_skipped_and_counted(tmp_path):
 
 
 def test_two_models_side_by_side_report_figures_and_card(tmp_path):
-    from hf_nullspace.hub import build_model_card
+    from hf_nullspace.card import build_model_card
 
     base, other = make_tiny_vit().eval(), make_tiny_vit(hidden_size=24).eval()
     data = write_images(tmp_path / "data", num=10)

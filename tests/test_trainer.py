@@ -8,7 +8,8 @@ from transformers import ResNetConfig, ResNetForImageClassification, TrainerCall
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import UnsupportedModelError
-from hf_nullspace.trainer import NOISE_BANK_NAME, NOISE_STATE_NAME, NullspaceTrainer, last_complete_checkpoint
+from hf_nullspace.noise_bank import NOISE_BANK_FILE, NOISE_STATE_FILE, NoiseBank, last_complete_checkpoint
+from hf_nullspace.trainer import NullspaceTrainer
 
 
 class TemplateDataset(torch.utils.data.Dataset):
@@ -64,7 +65,7 @@ def test_loss_contains_the_noisy_term(tmp_path):
     noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5))
     noisy.refresh_noise(noisy.model, inputs)
     zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0))
-    zero.noise_bank = list(noisy.noise_bank)
+    zero.noise_bank = NoiseBank(noisy.noise_bank.noises, noisy.noise_bank.history)
     for trainer in (plain, noisy, zero):
         trainer.model.load_state_dict(plain.model.state_dict())
     g_plain, g_noisy, g_zero = gradient(plain, inputs), gradient(noisy, inputs), gradient(zero, inputs)
@@ -90,7 +91,7 @@ def test_shared_forward_equals_separate_passes(tmp_path):
     shared.refresh_noise(shared.model, inputs)
     separate = make_trainer(tmp_path / "b", NullspaceArguments(noise_shared_forward=False))
     separate.model.load_state_dict(shared.model.state_dict())
-    separate.noise_bank = list(shared.noise_bank)
+    separate.noise_bank = NoiseBank(shared.noise_bank.noises, shared.noise_bank.history)
     torch.testing.assert_close(gradient(shared, inputs), gradient(separate, inputs), rtol=1e-4, atol=1e-6)
 
 
@@ -118,15 +119,15 @@ def test_refresh_is_logged_and_history_lands_in_output_dir(tmp_path):
     assert {"noise_norm", "noise_updates", "noise_statistic", "noise_reached"} <= set(logs[0])
     history = json.loads((tmp_path / "noise_history.json").read_text())
     assert [r["step"] for r in history] == [0, 2]
-    assert history[0]["norm"] == pytest.approx(float(trainer.noise_bank[0].norm()), rel=1e-6)
+    assert history[0]["norm"] == pytest.approx(float(trainer.noise_bank.noises[0].norm()), rel=1e-6)
     assert (tmp_path / "noise_norm.png").stat().st_size > 1000
-    assert (tmp_path / NOISE_BANK_NAME).exists()
+    assert (tmp_path / NOISE_BANK_FILE).exists()
 
 
 def test_mode_none_never_synthesises(tmp_path):
     trainer = make_trainer(tmp_path, NullspaceArguments(nullspace_mode="none"), max_steps=2)
     trainer.train()
-    assert trainer.noise_bank == [] and trainer.noise_history == []
+    assert len(trainer.noise_bank) == 0 and trainer.noise_history == []
 
 
 class StopAt(TrainerCallback):
@@ -157,7 +158,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     resumed = make_trainer(tmp_path / "cut", nullspace, **args)
     resumed.train(resume_from_checkpoint=True)
     assert [r["step"] for r in resumed.noise_history] == [0, 2, 4]
-    for a, b in zip(full.noise_bank, resumed.noise_bank):
+    for a, b in zip(full.noise_bank.noises, resumed.noise_bank.noises):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     torch.testing.assert_close(final_weights(resumed), final_weights(full), rtol=0, atol=1e-6)
 
@@ -165,8 +166,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
     trainer.train()
-    assert (tmp_path / "checkpoint-4" / NOISE_STATE_NAME).exists()
-    os.remove(tmp_path / "checkpoint-4" / NOISE_STATE_NAME)  # as if killed while writing
+    assert (tmp_path / "checkpoint-4" / NOISE_STATE_FILE).exists()
+    os.remove(tmp_path / "checkpoint-4" / NOISE_STATE_FILE)  # as if killed while writing
     assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-2")
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..synthesis import frozen_eval_mode
+from ..classifier import frozen_eval_mode
 from .model import PixelSpaceClassifier
 
 

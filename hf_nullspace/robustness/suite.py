@@ -205,7 +205,7 @@ SUITES = ("mnist", "imagenet", "attacks", "corruptions", "shift")
 def _load(model_or_path, processor, token):
     from transformers import AutoImageProcessor
 
-    from ..hub import load_classifier
+    from ..classifier import load_classifier
 
     if isinstance(model_or_path, str):
         model = load_classifier(model_or_path, token=token)
