@@ -43,7 +43,8 @@ def write_data(path: str, num: int) -> str:
 
 
 def worker(data: str) -> dict:
-    from hf_nullspace.data import BenchmarkSpec
+    from hf_nullspace.data import spec_from_source
+    from hf_nullspace.data.bundled import BUNDLED_MODEL
     from hf_nullspace.robustness import Evaluation, Suite, evaluate_robustness
 
     suite = Suite(
@@ -52,10 +53,9 @@ def worker(data: str) -> dict:
             Evaluation("clean"),
             Evaluation("fgsm@0.03", group="attack", attack="fgsm", params=(("epsilon", 0.03),)),
         ],  # fmt: skip
-        BenchmarkSpec(name="synthetic", path=data, split="test", label_space="custom", num_classes=10),
+        spec_from_source(data, name="synthetic", num_classes=10),
     )
-    model = os.path.join(ROOT, "hf_nullspace", "assets", "vit-tiny-mnist")
-    report = evaluate_robustness(model, suite=suite, batch_size=100, progress=False)
+    report = evaluate_robustness(BUNDLED_MODEL, suite=suite, batch_size=100, progress=False)
     samples = report.to_dict()["models"][0]["results"][0]["num_samples"]
     return {"images": samples, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

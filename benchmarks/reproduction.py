@@ -47,6 +47,8 @@ def configurations(args):
 
 
 def run(config, args) -> dict:
+    from hf_nullspace.data.bundled import ASSETS
+
     name = f"{config['mode']}-{config['regime']}-eps{config['epsilon']}-seed{config['seed']}"
     out = os.path.join(args.workdir, name)
     results_file = os.path.join(out, "results.json")
@@ -54,7 +56,7 @@ def run(config, args) -> dict:
         command = [sys.executable, "-m", "hf_nullspace.finetune", "--output_dir", out, "--seed", str(config["seed"]),
                    "--nullspace_mode", config["mode"], "--save_strategy", "no", "--disable_tqdm", "true",
                    "--robustness_max_samples", str(args.samples)]  # fmt: skip
-        defaults = json.load(open(os.path.join(ROOT, "hf_nullspace", "assets", "default_run.json")))
+        defaults = json.load(open(ASSETS / "default_run.json"))
         for key, value in defaults.items():
             if f"--{key}" not in command and key not in ("output_dir", "save_steps", "save_total_limit"):
                 command += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]

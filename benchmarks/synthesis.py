@@ -20,9 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def batches(count: int, size: int):
     from hf_nullspace.data import SkipCounter, collate_fn, load_image_dataset, prepare_dataset
+    from hf_nullspace.data.bundled import BUNDLED_MNIST
     from hf_nullspace.data.transforms import EvalTransform
 
-    dataset = load_image_dataset(os.path.join(ROOT, "hf_nullspace", "assets", "mnist"), split="train")
+    dataset = load_image_dataset(BUNDLED_MNIST, split="train")
     transform = EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3)
     dataset = prepare_dataset(dataset.select(range(count * size)), transform, "image", "label", 10, SkipCounter())
     return [
@@ -31,8 +32,10 @@ def batches(count: int, size: int):
 
 
 def main():
+    from hf_nullspace.data.bundled import BUNDLED_MODEL
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.path.join(ROOT, "hf_nullspace", "assets", "vit-tiny-mnist"))
+    parser.add_argument("--model", default=BUNDLED_MODEL)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=3)

@@ -27,9 +27,10 @@ def load_data(num: int):
     import torch
 
     from hf_nullspace.data import SkipCounter, collate_fn, load_image_dataset, prepare_dataset
+    from hf_nullspace.data.bundled import BUNDLED_MNIST
     from hf_nullspace.data.transforms import EvalTransform
 
-    dataset = load_image_dataset(os.path.join(ROOT, "hf_nullspace", "assets", "mnist"), split="train")
+    dataset = load_image_dataset(BUNDLED_MNIST, split="train")
     dataset = prepare_dataset(dataset.select(range(num)), EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3), "image",
                               "label", 10, SkipCounter())  # fmt: skip
     batch = collate_fn(dataset.__getitems__(list(range(num))))
@@ -179,8 +180,10 @@ def profile(args) -> dict:
 
 
 def main():
+    from hf_nullspace.data.bundled import BUNDLED_MODEL
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.path.join(ROOT, "hf_nullspace", "assets", "vit-tiny-mnist"))
+    parser.add_argument("--model", default=BUNDLED_MODEL)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--refresh", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -13,6 +13,7 @@ def _finetune(args, rest):
 
 
 def _evaluate(args, rest):
+    from .data import spec_from_source
     from .robustness import evaluate_robustness
 
     names = args.names.split(",") if args.names else [os.path.basename(m.rstrip("/")) or m for m in args.models]
@@ -22,8 +23,7 @@ def _evaluate(args, rest):
     report = evaluate_robustness(
         dict(zip(names, args.models)),
         suite=args.suite,
-        data=args.data,
-        split=args.split,
+        data=spec_from_source(args.data, split=args.split) if args.data else None,
         paths=paths,
         max_samples=args.max_samples,
         batch_size=args.batch_size,
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("models", nargs="+", help="Hub ids or local folders")
     evaluate.add_argument("--suite", default="mnist", help="mnist, imagenet, attacks, corruptions or shift")
     evaluate.add_argument("--data", help="clean data (local path or Hub id) for attacks and on-the-fly corruptions")
-    evaluate.add_argument("--split", help="split of --data")
+    evaluate.add_argument("--split", default="test", help="split of --data")
     evaluate.add_argument("--path", action="append", default=[], help="BENCHMARK=LOCAL_PATH, repeatable")
     evaluate.add_argument("--names", help="comma-separated names of the models in the report")
     evaluate.add_argument("--max-samples", type=int, help="images per benchmark")

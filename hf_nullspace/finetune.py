@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 
 import numpy as np
 import transformers
@@ -33,12 +32,12 @@ from .data import (
     prepare_dataset,
     transforms_from_image_processor,
 )
+from .data.bundled import ASSETS
 from .noise_bank import last_complete_checkpoint
 from .trainer import NullspaceTrainer
 
 logger = logging.getLogger(__name__)
 
-ASSETS = resources.files("hf_nullspace") / "assets"
 ROW_KEY = "__row__"
 
 
@@ -245,20 +244,15 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
 
 def robustness_data(data_args):
     """The clean data a robustness suite reads: the bundled MNIST for the default, else the run's eval split."""
-    from .data import BenchmarkSpec
+    from .data import spec_from_source
+    from .data.bundled import BUNDLED_MNIST
 
-    if data_args.robustness_suite == "mnist" and data_args.dataset_name == str(ASSETS / "mnist"):
+    if data_args.robustness_suite == "mnist" and data_args.dataset_name == BUNDLED_MNIST:
         return None
-    local = os.path.exists(data_args.dataset_name)
-    return BenchmarkSpec(
-        name=os.path.basename(data_args.dataset_name.rstrip("/")),
-        repo_id=None if local else data_args.dataset_name,
-        path=data_args.dataset_name if local else None,
-        config_name=data_args.dataset_config_name,
+    return spec_from_source(
+        data_args.dataset_name,
         split=data_args.eval_split or "validation",
-        label_space="custom",
-        num_classes=None,
-        display_name=data_args.dataset_name,
+        config_name=data_args.dataset_config_name,
     )
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-ASSETS = Path(__file__).resolve().parents[1] / "hf_nullspace" / "assets"
-DATA_DIR = ASSETS / "mnist"
-MODEL_DIR = ASSETS / "vit-tiny-mnist"
+from hf_nullspace.data.bundled import ASSETS, BUNDLED_MNIST, BUNDLED_MODEL
+
+DATA_DIR = Path(BUNDLED_MNIST)
+MODEL_DIR = Path(BUNDLED_MODEL)
 NAMES = [str(i) for i in range(10)]
 
 

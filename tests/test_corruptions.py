@@ -61,7 +61,7 @@ def _ssim_distance(clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor
 
 
 def test_names_in_standard_order():
-    from hf_nullspace.data.imagenet_classes import ALEXNET_ERR
+    from hf_nullspace.data.imagenet_c import ALEXNET_ERR
 
     assert CORRUPTIONS == tuple(ALEXNET_ERR) and len(CORRUPTIONS) == 15  # the order of the published AlexNet table
 

@@ -16,6 +16,7 @@ from hf_nullspace.data import (
     IMAGENET_A_INDICES_IN_1K,
     IMAGENET_R_WNIDS,
     BadRowsError,
+    BenchmarkSpec,
     EvalTransform,
     SkipCounter,
     TrainTransform,
@@ -26,7 +27,7 @@ from hf_nullspace.data import (
     iter_benchmark,
     load_image_dataset,
     prepare_dataset,
-    split_by_node,
+    spec_from_source,
     to_rgb,
     transforms_from_image_processor,
 )
@@ -304,15 +305,6 @@ def test_collate_fn_empty_batch():
         collate_fn([])
 
 
-def test_split_by_node(tmp_path):
-    root = _webdataset(tmp_path / "wds", [[0, 1], [2, 3]])
-    stream = load_image_dataset(root, split="test", streaming=True)
-    parts = [[row["cls"] for row in split_by_node(stream, rank, 2)] for rank in range(2)]
-    assert sorted(parts[0] + parts[1]) == [0, 1, 2, 3] and not set(parts[0]) & set(parts[1])
-    odd = [[row["cls"] for row in split_by_node(stream, rank, 3)] for rank in range(3)]
-    assert sorted(sum(odd, [])) == [0, 1, 2, 3]
-
-
 # ---------------------------------------------------------------- registry
 
 
@@ -326,6 +318,18 @@ def test_registry_names_and_errors():
     info = get_benchmark("imagenet-a").dataset_card_info()
     assert info["type"] == "clip-benchmark/wds_imagenet-a" and info["split"] == "test"
     assert get_benchmark("imagenet-c/fog/1", repo_id="someone/imagenet-c").revision is None
+
+
+def test_spec_from_source_reads_a_local_path_locally_and_anything_else_from_the_hub(tmp_path):
+    folder = f"{tmp_path}/"
+    assert spec_from_source(folder, split="validation", config_name="fog") == BenchmarkSpec(
+        name=tmp_path.name, path=folder, config_name="fog", split="validation", label_space="custom",
+        num_classes=None, display_name=folder,
+    )  # fmt: skip
+    assert spec_from_source("someone/digits", num_classes=10) == BenchmarkSpec(
+        name="digits", repo_id="someone/digits", split="test", label_space="custom", num_classes=10,
+        display_name="someone/digits",
+    )  # fmt: skip
 
 
 def test_check_label_space():

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from hf_nullspace.data.imagenet_classes import ALEXNET_ERR
+from hf_nullspace.data.imagenet_c import ALEXNET_ERR
 from hf_nullspace.robustness.metrics import corruption_errors, mean_corruption_error, paper_average
 
 

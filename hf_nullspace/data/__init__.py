@@ -1,26 +1,8 @@
 """Datasets: loading (Hub, local, streaming), transforms, bad-row handling and the robustness benchmark registry."""
 
-from .imagenet_classes import (
-    ALEXNET_ERR,
-    IMAGENET_A_INDICES_IN_1K,
-    IMAGENET_A_WNIDS,
-    IMAGENET_C_CORRUPTIONS,
-    IMAGENET_C_SEVERITIES,
-    IMAGENET_R_INDICES_IN_1K,
-    IMAGENET_R_WNIDS,
-)
-from .loading import (
-    SKIP_KINDS,
-    BadRowsError,
-    SkipCounter,
-    collate_fn,
-    decode_image,
-    find_columns,
-    load_image_dataset,
-    prepare_batch,
-    prepare_dataset,
-    split_by_node,
-)
+from .imagenet_c import ALEXNET_ERR, IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES
+from .imagenet_classes import IMAGENET_A_INDICES_IN_1K, IMAGENET_A_WNIDS, IMAGENET_R_INDICES_IN_1K, IMAGENET_R_WNIDS
+from .loading import find_columns, load_image_dataset
 from .registry import (
     BENCHMARKS,
     BenchmarkSpec,
@@ -28,7 +10,9 @@ from .registry import (
     get_benchmark,
     iter_benchmark,
     load_benchmark,
+    spec_from_source,
 )
+from .rows import SKIP_KINDS, BadRowsError, SkipCounter, collate_fn, decode_image, prepare_batch, prepare_dataset
 from .transforms import EvalTransform, TrainTransform, to_rgb, transforms_from_image_processor
 
 __all__ = [
@@ -56,7 +40,7 @@ __all__ = [
     "load_image_dataset",
     "prepare_batch",
     "prepare_dataset",
-    "split_by_node",
+    "spec_from_source",
     "to_rgb",
     "transforms_from_image_processor",
 ]

@@ -1,14 +1,12 @@
-"""ImageNet class-index constants for the robustness benchmarks.
+"""Class lists of the 200-class robustness benchmarks ImageNet-A and ImageNet-R, in ImageNet-1k terms.
 
-Copied from /work/shared/reference/DATASETS.md (sections 3 and 4), which took them from hendrycks/natural-adv-examples
-`eval.py` (commit 07770705658c3a1c8acce31fd9dbd68f06e297c3) and hendrycks/imagenet-r `eval.py` (commit
-3131cacee97c407bd2ecea15846a67817a64f924), cross-checked against LAION-AI/CLIP_benchmark, alibaba/easyrobust and timm
-(`timm/data/_info/imagenet_{a,r}_{indices,synsets}.txt`). The AlexNet errors come from google-research/augmix
-`imagenet.py` (commit 9b9824c7c19bf7e72df2d085d97b99b3bfb00ba4) and agree with easyrobust.
+The lists are those of the benchmarks' own evaluation scripts: `eval.py` of hendrycks/natural-adv-examples (commit
+07770705658c3a1c8acce31fd9dbd68f06e297c3) for ImageNet-A and `eval.py` of hendrycks/imagenet-r (commit
+3131cacee97c407bd2ecea15846a67817a64f924) for ImageNet-R, cross-checked against LAION-AI/CLIP_benchmark,
+alibaba/easyrobust and timm (`timm/data/_info/imagenet_{a,r}_{indices,synsets}.txt`).
 
 Label `j` of a 200-class ImageNet-A/R dataset means `*_WNIDS[j]`, which is ImageNet-1k class `*_INDICES_IN_1K[j]`;
-both lists are sorted, so the two orders agree. The full 1000 WordNet-id list is not in the reference and is not
-reproduced here.
+both lists are sorted, so the two orders agree. The full 1000 WordNet-id list of ImageNet-1k is not reproduced here.
 """
 
 # fmt: off
@@ -98,44 +96,3 @@ IMAGENET_R_WNIDS = (
     'n07768694', 'n07873807', 'n07880968', 'n07920052', 'n09472597', 'n09835506', 'n10565667', 'n12267677',
 )
 # fmt: on
-
-# The 15 ImageNet-C corruptions in the standard order (noise, blur, weather, digital).
-IMAGENET_C_CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-
-IMAGENET_C_SEVERITIES = (1, 2, 3, 4, 5)
-
-# AlexNet top-1 error on ImageNet-C per corruption (fraction, mean over severities 1-5), used to normalise mCE:
-# CE_c = mean_s(err_{c,s}) / ALEXNET_ERR[c], mCE = mean_c CE_c.
-ALEXNET_ERR = {
-    "gaussian_noise": 0.886428,
-    "shot_noise": 0.894468,
-    "impulse_noise": 0.92264,
-    "defocus_blur": 0.81988,
-    "glass_blur": 0.826268,
-    "motion_blur": 0.785948,
-    "zoom_blur": 0.79836,
-    "snow": 0.866816,
-    "frost": 0.826572,
-    "fog": 0.819324,
-    "brightness": 0.564592,
-    "contrast": 0.853204,
-    "elastic_transform": 0.646056,
-    "pixelate": 0.71784,
-    "jpeg_compression": 0.6065,
-}

@@ -1,36 +1,34 @@
 """Registry of the ImageNet robustness benchmarks: where each lives, how its columns and labels read, how to iterate it.
 
-Sources and column layouts are those of /work/shared/reference/DATASETS.md. Labels are yielded in the benchmark's own
-label space: 0..999 for ImageNet-1k style sets, 0..199 for ImageNet-A/R (score a 1000-way model on the logits that
-`check_label_space` returns).
+Sources: ImageNet-1k validation from the gated `ILSVRC/imagenet-1k`; ImageNet-C from `WNJXYK/TTA-ImageNet-C` (pinned
+to its v1.0 tag; one configuration per corruption, splits `severity_1`..`severity_5`, `image` and `label` columns);
+ImageNet-A and ImageNet-R from the webdataset repos `clip-benchmark/wds_imagenet-a` and `clip-benchmark/wds_imagenet-r`
+(`test/*.tar` shards, the image under `webp`, `png` or `jpg`, the 0..199 label under `cls`), ImageNet-R also from the
+parquet repo `axiong/imagenet-r` (labelled by WordNet id). ImageNet-Sketch, ImageNet-V2, Stylized-ImageNet and
+DAmageNet are read from a local path; each spec's `source_hint` says where to get them. `docs/benchmarks.md` describes
+every source and its layout. Data outside the registry (a local folder or files, or any Hub dataset) becomes a spec
+with `spec_from_source`.
+
+Labels are yielded in the benchmark's own label space: 0..999 for ImageNet-1k style sets, 0..199 for ImageNet-A/R
+(score a 1000-way model on the logits that `check_label_space` returns).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from glob import glob
 from typing import Literal
 
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict
 
-from .imagenet_classes import (
-    IMAGENET_A_INDICES_IN_1K,
-    IMAGENET_A_WNIDS,
-    IMAGENET_C_CORRUPTIONS,
-    IMAGENET_C_SEVERITIES,
-    IMAGENET_R_INDICES_IN_1K,
-    IMAGENET_R_WNIDS,
-)
-from .loading import (
-    IMAGE_COLUMN_CANDIDATES,
-    SkipCounter,
-    collate_fn,
-    find_columns,
-    load_image_dataset,
-    prepare_dataset,
-)
+from .imagenet_c import IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES
+from .imagenet_classes import IMAGENET_A_INDICES_IN_1K, IMAGENET_A_WNIDS, IMAGENET_R_INDICES_IN_1K, IMAGENET_R_WNIDS
+from .loading import IMAGE_COLUMN_CANDIDATES, find_columns, load_image_dataset
+from .rows import SkipCounter, collate_fn, prepare_dataset
 
 LabelSpace = Literal["imagenet-1k", "imagenet-a-200", "imagenet-r-200", "custom"]
 
@@ -225,6 +223,42 @@ def get_benchmark(
     if path is not None:
         spec = dataclasses.replace(spec, path=path)
     return spec
+
+
+def spec_from_source(
+    source: str | os.PathLike,
+    split: str = "test",
+    config_name: str | None = None,
+    name: str | None = None,
+    num_classes: int | None = None,
+    display_name: str | None = None,
+) -> BenchmarkSpec:
+    """A benchmark of data outside the registry: a local folder, local files or a glob, or a Hub dataset id.
+
+    A source that exists on disk (or that a glob matches) is read locally; anything else is read as a Hub dataset id.
+    Labels are the data's own (label space `"custom"`).
+
+    Args:
+        source (`str` or `os.PathLike`): Local folder, files or glob, or Hub dataset id (see `load_image_dataset`).
+        split (`str`, *optional*, defaults to `"test"`): Split to evaluate.
+        config_name (`str`, *optional*): Dataset configuration.
+        name (`str`, *optional*): Benchmark name; the last part of `source` when not given.
+        num_classes (`int`, *optional*): Number of classes, checked against the model's labels; not checked when
+            `None`.
+        display_name (`str`, *optional*): Human name for model cards; `source` when not given.
+    """
+    source = str(source)
+    local = os.path.exists(source) or bool(glob(source))
+    return BenchmarkSpec(
+        name=name or os.path.basename(source.rstrip("/")) or source,
+        repo_id=None if local else source,
+        path=source if local else None,
+        config_name=config_name,
+        split=split,
+        label_space="custom",
+        num_classes=num_classes,
+        display_name=display_name or source,
+    )
 
 
 def check_label_space(spec: BenchmarkSpec, num_model_labels: int) -> list[int] | None:

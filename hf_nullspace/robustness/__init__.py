@@ -2,10 +2,11 @@
 
 from .attacks import ATTACKS, autoattack, cw_l2, fgsm, patch_fool, pgd, run_attack
 from .corruptions import CORRUPTIONS, corrupt
-from .metrics import PAPER_AVERAGE_COLUMNS, corruption_errors, mean_corruption_error, paper_average, top1_correct
+from .evaluate import evaluate_robustness
+from .metrics import PAPER_AVERAGE_COLUMNS, corruption_errors, mean_corruption_error, paper_average
 from .model import PixelSpaceClassifier
 from .report import RobustnessReport
-from .suite import SUITES, Evaluation, Suite, evaluate_robustness, get_suite
+from .suites import SUITES, Evaluation, Suite, get_suite
 
 __all__ = [
     "ATTACKS",
@@ -28,5 +29,4 @@ __all__ = [
     "patch_fool",
     "pgd",
     "run_attack",
-    "top1_correct",
 ]

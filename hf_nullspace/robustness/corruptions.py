@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.imagenet_classes import IMAGENET_C_CORRUPTIONS
+from ..data.imagenet_c import IMAGENET_C_CORRUPTIONS
 
 __all__ = ["CORRUPTIONS", "corrupt"]
 

@@ -1,10 +1,8 @@
-"""Robustness metrics of the paper's protocol: top-1, mCE and the 11-column Average (ALGORITHM.md section 4)."""
+"""Robustness metrics of the paper's protocol: mCE (Hendrycks & Dietterich, ICLR 2019) and the 11-column Average."""
 
 from collections.abc import Mapping, Sequence
 
-import torch
-
-from ..data.imagenet_classes import ALEXNET_ERR
+from ..data.imagenet_c import ALEXNET_ERR
 
 # The columns of the paper's "Average", in its table order; C enters as 100 - mCE.
 PAPER_AVERAGE_COLUMNS = (
@@ -20,11 +18,6 @@ PAPER_AVERAGE_COLUMNS = (
     "imagenet-sketch",
     "stylized-imagenet",
 )
-
-
-def top1_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Number of rows whose arg-max logit is the label."""
-    return int((logits.argmax(dim=-1) == labels.to(logits.device)).sum())
 
 
 def corruption_errors(

@@ -4,7 +4,7 @@ import json
 import os
 from collections import defaultdict
 
-from ..data.imagenet_classes import ALEXNET_ERR
+from ..data.imagenet_c import ALEXNET_ERR
 from .metrics import PAPER_AVERAGE_COLUMNS, mean_corruption_error, paper_average
 
 REPORT_JSON = "robustness.json"
