@@ -21,6 +21,11 @@ def atomic_write(path: str, write: Callable[[str], object]) -> None:
     os.replace(tmp, path)
 
 
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def is_complete_checkpoint(folder: str) -> bool:
     """A checkpoint is complete once its nullspace state (written last, atomically) is there."""
     return os.path.isfile(os.path.join(folder, NOISE_STATE_FILE)) and os.path.isfile(
@@ -92,7 +97,7 @@ class NoiseBank:
                 os.path.join(folder, NOISE_BANK_FILE), lambda path: save_file(tensors, path, metadata=metadata)
             )
         state = json.dumps({"nullspace_args": arguments or {}, "history": self.history}, indent=2)
-        atomic_write(os.path.join(folder, NOISE_STATE_FILE), lambda path: open(path, "w").write(state))
+        atomic_write(os.path.join(folder, NOISE_STATE_FILE), lambda path: _write_text(path, state))
 
     @classmethod
     def load(cls, folder: str) -> "NoiseBank":
