@@ -3,7 +3,7 @@
 import math
 from dataclasses import asdict, dataclass, field
 
-NULLSPACE_MODES = ("nullspace", "random", "none")
+NULLSPACE_MODES = ("nullspace", "random", "norm_matched", "none")
 NOISE_OBJECTIVES = ("logit_mse", "log_norm")
 
 
@@ -11,26 +11,41 @@ NOISE_OBJECTIVES = ("logit_mse", "log_norm")
 class NullspaceArguments:
     """
     Hyperparameters of approximate nullspace augmented finetuning (Liu et al., CPAL 2025). The defaults are the
-    authors' ImageNet settings (see `reference/ALGORITHM.md`). Every field name starts with `nullspace_`, `noise_` or
-    `noisy_` so that it never clashes with `transformers.TrainingArguments` in one `HfArgumentParser`.
+    authors' ImageNet settings except for the start of the synthesis, whose scale is found per model (the authors'
+    fixed start is `noise_init_limit=3.0`). Every field name starts with `nullspace_`, `noise_` or `noisy_` so that it
+    never clashes with `transformers.TrainingArguments` in one `HfArgumentParser`.
 
     Args:
         nullspace_mode (`str`, *optional*, defaults to `"nullspace"`):
-            `"nullspace"` trains on learned epsilon-approximate nullspace noise, `"random"` on the random baseline
-            (Gaussian noise shrunk until inside epsilon), `"none"` trains plainly (the vanilla baseline).
+            `"nullspace"` trains on learned epsilon-approximate nullspace noise, `"random"` on the authors' random
+            baseline (Gaussian noise shrunk until inside epsilon), `"norm_matched"` on a control that separates
+            direction from magnitude (each refresh synthesises the learned noise, then trains on a Gaussian random
+            direction of exactly its norm), `"none"` trains plainly (the vanilla baseline).
         noise_epsilon (`float`, *optional*, defaults to `0.03`):
             Bound on the epsilon statistic: the batch mean of the squared L2 distance between the softmax outputs
             with and without noise. Synthesis stops at the first update where the statistic is below it.
         noise_lr (`float`, *optional*, defaults to `0.1`):
-            AdamW learning rate of the noise.
+            AdamW learning rate of the noise, for the authors' start U(-3, 3). With the automatic start the rate is
+            relative to it: `noise_lr * L / 3`, where L is the uniform bound of the start (its RMS x sqrt(3)), so the
+            synthesis does the same thing at any scale of the patch embeddings.
         noise_weight_decay (`float`, *optional*, defaults to `0.01`):
             AdamW weight decay of the noise (torch's default, as the authors ran it).
-        noise_init_limit (`float`, *optional*, defaults to `3.0`):
-            The noise starts from Uniform(-limit, limit): large on purpose, so that it is returned near the
-            epsilon boundary.
+        noise_init_limit (`float`, *optional*):
+            `None` (the default): the start's scale is found per model. A uniform random direction is scaled (from
+            the RMS of the patch embeddings, doubling or halving, then bisection; a few no-grad forward passes) to
+            where it leaves the epsilon ball, and the noise starts `noise_init_factor` times beyond it. A float fixes
+            the start to the authors' Uniform(-limit, limit) (they used 3.0 for ViT-S/B), with `noise_lr` absolute.
+        noise_init_factor (`float`, *optional*, defaults to `2.0`):
+            With the automatic start: how many times the scale at which a random draw leaves the epsilon ball the
+            start is. Above 1, so that the learned updates move the noise into the approximate nullspace and it is
+            returned near the epsilon boundary, larger than a random noise inside epsilon.
+        noise_fallback (`bool`, *optional*, defaults to `True`):
+            When the cap is hit before the statistic is below epsilon, shrink the noise along its learned direction
+            (bisection) until it is inside epsilon on the batch of the last statistic, instead of training on a
+            noise outside the approximate nullspace. The noise history records it (`fallback`).
         noise_max_updates (`int`, *optional*, defaults to `3000`):
             Cap on the noise updates of one synthesis (about the authors' ImageNet setting of 3 rounds x 10% of the
-            loader). The noise may be returned without reaching epsilon.
+            loader). Past it the noise is shrunk inside epsilon (`noise_fallback`) or returned as it is.
         noise_cosine_schedule (`bool`, *optional*, defaults to `True`):
             Cosine decay of the noise learning rate over `noise_max_updates` (almost flat in practice).
         noise_objective (`str`, *optional*, defaults to `"logit_mse"`):
@@ -42,6 +57,14 @@ class NullspaceArguments:
             Factor applied per batch to the random baseline's N(0, 1) noise until it is inside epsilon.
         noise_refresh_steps (`int`, *optional*, defaults to `40`):
             A fresh noise is synthesised at the first optimiser step and then every this many optimiser steps.
+        noise_synthesis_batch_size (`int`, *optional*):
+            Synthesise on the first this many rows of the (micro-)batch; the other rows are held out and the
+            statistic of the noise on them is recorded (`heldout_statistic`). `None` (the default): the whole
+            batch, no held-out statistic. Under gradient accumulation the batch is the first micro-batch of the
+            optimiser step at which the refresh falls.
+        noise_warm_start (`bool`, *optional*, defaults to `False`):
+            Start each synthesis from the previous learned noise (rescaled as a fresh start would be) instead of a
+            fresh draw.
         noisy_loss_weight (`float`, *optional*, defaults to `1.0`):
             Weight beta of the noisy term: loss = CE(clean) + beta * CE(noisy).
         noise_shared_forward (`bool`, *optional*, defaults to `True`):
@@ -62,7 +85,21 @@ class NullspaceArguments:
     )
     noise_lr: float = field(default=0.1, metadata={"help": "AdamW learning rate of the noise."})
     noise_weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the noise."})
-    noise_init_limit: float = field(default=3.0, metadata={"help": "The noise starts from Uniform(-limit, limit)."})
+    noise_init_limit: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fixed start Uniform(-limit, limit) (the authors': 3.0); unset: the start's scale is found per "
+            "model."
+        },
+    )
+    noise_init_factor: float = field(
+        default=2.0,
+        metadata={"help": "Automatic start: this many times the scale at which a random draw leaves epsilon."},
+    )
+    noise_fallback: bool = field(
+        default=True,
+        metadata={"help": "At the cap, shrink the noise along its learned direction until inside epsilon."},
+    )
     noise_max_updates: int = field(default=3000, metadata={"help": "Cap on the noise updates of one synthesis."})
     noise_cosine_schedule: bool = field(
         default=True, metadata={"help": "Cosine decay of the noise learning rate over noise_max_updates."}
@@ -79,6 +116,20 @@ class NullspaceArguments:
     )
     noise_refresh_steps: int = field(
         default=40, metadata={"help": "Synthesise a fresh noise every this many optimiser steps."}
+    )
+    noise_synthesis_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Synthesise on the first k rows of the batch, hold out the rest (unset: whole batch)."},
+    )
+    noise_warm_start: bool = field(
+        default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
+    )
+    noise_synthesis_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Synthesise on the first k rows of the batch, hold out the rest (unset: whole batch)."},
+    )
+    noise_warm_start: bool = field(
+        default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
     )
     noisy_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight beta of the noisy loss: CE(clean) + beta * CE(noisy)."}
@@ -103,8 +154,10 @@ class NullspaceArguments:
             raise ValueError(
                 f"noise_objective={self.noise_objective!r} is not supported: use one of {', '.join(NOISE_OBJECTIVES)}."
             )
-        for name in ("noise_epsilon", "noise_lr", "noise_init_limit"):
+        for name in ("noise_epsilon", "noise_lr", "noise_init_limit", "noise_init_factor"):
             value = getattr(self, name)
+            if value is None and name == "noise_init_limit":
+                continue
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}.")
         for name in ("noise_weight_decay", "noise_log_norm_weight", "noisy_loss_weight"):
@@ -119,6 +172,10 @@ class NullspaceArguments:
             raise ValueError(
                 f"noise_refresh_steps must be >= 1 (optimiser steps between two noise syntheses), "
                 f"got {self.noise_refresh_steps}."
+            )
+        if self.noise_synthesis_batch_size is not None and self.noise_synthesis_batch_size < 1:
+            raise ValueError(
+                f"noise_synthesis_batch_size must be >= 1 (rows of the batch), got {self.noise_synthesis_batch_size}."
             )
         if self.noise_max_redraws < 0:
             raise ValueError(f"noise_max_redraws must be >= 0, got {self.noise_max_redraws}.")

@@ -10,7 +10,7 @@ checked before every update, falls below epsilon: the noise is returned near the
 import contextlib
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +18,15 @@ from torch import nn
 
 from .classifier import frozen_eval_mode, unwrap
 from .config import NullspaceArguments
-from .embedding import inject_noise, noise_shape
+from .embedding import find_patch_embedding, inject_noise, noise_shape
 
 logger = logging.getLogger(__name__)
+
+# no-grad forward passes of the scale calibration: doublings/halvings to a bracket, then bisections inside it
+CALIBRATION_MAX_DOUBLINGS = 40
+CALIBRATION_BISECTIONS = 3
+# bisection steps of the fallback that shrinks a capped noise along its learned direction until inside epsilon
+FALLBACK_BISECTIONS = 10
 
 
 @dataclass
@@ -29,11 +35,24 @@ class NoiseSynthesisResult:
     The outcome of one noise synthesis.
 
     Attributes:
-        noise (`torch.Tensor`): the noise, shape (1, N, D), float32, detached.
-        updates (`int`): noise updates taken (for the random baseline: shrink steps).
-        statistic (`float`): the last epsilon statistic measured (the one that stopped the synthesis).
-        reached (`bool`): whether the statistic fell below epsilon.
+        noise (`torch.Tensor`): the noise to train on, shape (1, N, D), float32, detached.
+        updates (`int`): learned noise updates taken (for the random baseline: shrink steps).
+        statistic (`float`): the epsilon statistic of the returned noise on its synthesis data.
+        reached (`bool`): whether the synthesis itself got below epsilon (the learned updates, or the random
+            baseline's shrinking) before its cap; a noise shrunk by the fallback is inside epsilon but not `reached`.
         redraws (`int`): how often a non-finite noise or statistic forced a fresh draw.
+        inside (`bool`): whether the returned noise is inside epsilon on its synthesis data (`statistic < epsilon`).
+        fallback (`bool`): whether the cap was hit and the noise was shrunk along its learned direction until inside.
+        heldout_statistic (`float`, *optional*): the statistic of the returned noise on held-out data (data it was
+            not synthesised on), when some was given.
+        start_scale (`float`, *optional*): root mean square of the start's elements (a fresh draw or a warm start).
+        boundary_scale (`float`, *optional*): the calibrated scale at which the random start direction leaves the
+            epsilon ball (automatic scale only).
+        embedding_norm (`float`, *optional*): mean over the synthesis images of the L2 norm of their patch embeddings
+            (the projection output, shape (N, D) per image): the scale the noise is compared to.
+        learned_norm, learned_statistic (`float`, *optional*): `norm_matched` mode only: the norm and statistic of
+            the learned noise whose norm the returned random noise copies.
+        learned_noise (`torch.Tensor`, *optional*): `norm_matched` mode only: that learned noise.
     """
 
     noise: torch.Tensor
@@ -41,21 +60,49 @@ class NoiseSynthesisResult:
     statistic: float
     reached: bool
     redraws: int = 0
+    inside: bool | None = None
+    fallback: bool = False
+    heldout_statistic: float | None = None
+    start_scale: float | None = None
+    boundary_scale: float | None = None
+    embedding_norm: float | None = None
+    learned_norm: float | None = None
+    learned_statistic: float | None = None
+    learned_noise: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.inside is None:
+            self.inside = self.reached
 
     @property
     def norm(self) -> float:
         """L2 norm of the noise."""
         return float(self.noise.norm())
 
+    @property
+    def norm_ratio(self) -> float | None:
+        """The noise norm relative to the mean per-image norm of the patch embeddings it is added to."""
+        return self.norm / self.embedding_norm if self.embedding_norm else None
+
     def summary(self) -> dict:
-        """A JSON-serialisable record of this synthesis (without the noise itself)."""
-        return {
+        """A JSON-serialisable record of this synthesis (without the noise itself); `None` where not measured."""
+        record = {
             "norm": self.norm,
+            "norm_ratio": self.norm_ratio,
             "updates": self.updates,
             "statistic": self.statistic,
+            "heldout_statistic": self.heldout_statistic,
             "reached": self.reached,
+            "inside": self.inside,
+            "fallback": self.fallback,
+            "start_scale": self.start_scale,
+            "boundary_scale": self.boundary_scale,
+            "embedding_norm": self.embedding_norm,
             "redraws": self.redraws,
         }
+        if self.learned_norm is not None:
+            record.update(learned_norm=self.learned_norm, learned_statistic=self.learned_statistic)
+        return record
 
 
 def epsilon_statistic(clean_logits: torch.Tensor, noisy_logits: torch.Tensor) -> torch.Tensor:
@@ -109,22 +156,65 @@ def _logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=pixel_values).logits
 
 
+class _Stop(Exception):
+    pass
+
+
+def _patch_embedding_scale(model: nn.Module, pixel_values: torch.Tensor, module_name, sync) -> tuple[float, float]:
+    """(RMS of the patch-projection output's elements, mean per-image L2 norm of it), averaged over processes.
+
+    Only the model up to its patch projection runs."""
+    _, projection = find_patch_embedding(model, module_name)
+    captured = []
+
+    def hook(module, args, output):
+        captured.append(output.detach().float())
+        raise _Stop
+
+    handle = projection.register_forward_hook(hook)
+    try:
+        with torch.no_grad(), sync.autocast():
+            model(pixel_values=pixel_values)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    output = captured[0]
+    rms = output.pow(2).mean().sqrt()
+    per_image = output.flatten(1).norm(dim=1).mean()
+    values = sync.mean(torch.stack([rms, per_image]))
+    return float(values[0]), float(values[1])
+
+
 def synthesize_noise(
     model: nn.Module,
     batches: torch.Tensor | dict | Sequence | Iterable,
     args: NullspaceArguments | None = None,
     accelerator=None,
     generator: torch.Generator | None = None,
+    heldout: torch.Tensor | dict | Sequence | None = None,
+    init: torch.Tensor | None = None,
 ) -> NoiseSynthesisResult:
     """
-    Synthesises an epsilon-approximate nullspace noise for `model` (or the random baseline, by `args.nullspace_mode`).
+    Synthesises an epsilon-approximate nullspace noise for `model` (or a control, by `args.nullspace_mode`).
 
-    The learned noise follows the authors' runs: v ~ U(-limit, limit) of shape (1, N, D); AdamW(lr, weight decay)
-    with a cosine schedule over `noise_max_updates`; the model in eval mode; before every update the epsilon
-    statistic is measured on the current batch and the synthesis stops as soon as it is below epsilon; otherwise one
-    update on the squared logit distance (or the paper's explicit objective). With several processes the initial
-    draw is broadcast from the main process and the gradient and statistic are averaged, so all processes hold the
-    same noise and stop on the same update.
+    The learned noise (`"nullspace"`) follows the authors' runs: a uniform start of shape (1, N, D); AdamW (lr,
+    weight decay) with a cosine schedule over `noise_max_updates`; the model in eval mode; before every update the
+    epsilon statistic is measured on the current batch and the synthesis stops as soon as it is below epsilon;
+    otherwise one update on the squared logit distance (or the paper's explicit objective).
+
+    The start's scale is found per model unless `noise_init_limit` fixes it (the authors' U(-limit, limit)): a
+    uniform random direction is scaled, from the RMS of the patch embeddings, by doubling or halving and then a few
+    bisection steps, to the scale at which it leaves the epsilon ball (no-grad forward passes on the first batch);
+    the start is `noise_init_factor` times that scale and the learning rate is relative to it (`noise_lr` x
+    limit / 3, the authors' ratio of 0.1 to 3), so the whole synthesis is invariant to the scale of the embeddings.
+    If the cap is hit first, `noise_fallback` shrinks the noise along its learned direction (bisection) until it is
+    inside epsilon on the batch of the last statistic, so the returned noise is never outside epsilon there.
+
+    `"norm_matched"` synthesises the learned noise and returns a Gaussian random direction of exactly its norm;
+    `"random"` is the authors' baseline, N(0, 1) shrunk by `noise_random_shrink` until inside epsilon. With several
+    processes the draws are broadcast from the main process and gradients and statistics are averaged, so all
+    processes hold the same noise and stop on the same update.
 
     Args:
         model (`nn.Module`):
@@ -133,15 +223,21 @@ def synthesize_noise(
         batches (`torch.Tensor`, `dict`, or a sequence/re-iterable of them):
             Batches of `pixel_values` (as the model takes them), cycled through one per update.
         args ([`NullspaceArguments`], *optional*):
-            Hyperparameters; the authors' defaults when not given.
+            Hyperparameters; the library's defaults when not given.
         accelerator (`accelerate.Accelerator`, *optional*):
             Synchronises the noise over processes and provides autocast.
         generator (`torch.Generator`, *optional*):
-            Source of the initial draw; the global RNG when not given (so the Trainer's checkpointed RNG state makes
+            Source of the random draws; the global RNG when not given (so the Trainer's checkpointed RNG state makes
             a resumed run draw the same noise).
+        heldout (`torch.Tensor`, `dict`, or a sequence of them, *optional*):
+            Data the noise is not synthesised on: the statistic of the returned noise on it is reported as
+            `heldout_statistic` (mean over its batches).
+        init (`torch.Tensor`, *optional*):
+            A warm start (e.g. the previous noise): its direction replaces the fresh draw, rescaled as a fresh draw
+            would be (learned noise only).
 
     Returns:
-        [`NoiseSynthesisResult`]: the noise, updates taken, the final statistic and whether epsilon was reached.
+        [`NoiseSynthesisResult`]: the noise, updates taken, its statistic, whether epsilon was reached and more.
     """
     args = args if args is not None else NullspaceArguments()
     if args.nullspace_mode == "none":
@@ -172,19 +268,26 @@ def synthesize_noise(
             raise ValueError("synthesize_noise needs at least one batch of pixel_values.") from None
         shape = noise_shape(model, first, module_name)
         device = first.device
+        token_rms, embedding_norm = _patch_embedding_scale(model, first, module_name, sync)
         pending = [(position, first)]
 
         def next_batch():
             return pending.pop() if pending else next(stream, (None, None))
 
+        context = _Context(shape, device, args, sync, generator, next_batch, measure, token_rms, (position, first))
         redraws = 0
         while True:
             if args.nullspace_mode == "random":
-                result = _random_baseline(shape, device, args, sync, generator, next_batch, measure)
+                result = _random_baseline(context)
             else:
-                result = _learned_noise(shape, device, args, sync, generator, next_batch, measure)
+                result = _learned_noise(context, init)
+                if result is not None and args.nullspace_mode == "norm_matched":
+                    result = _norm_matched(context, result)
             if result is not None:
                 result.redraws = redraws
+                result.embedding_norm = embedding_norm
+                if heldout is not None:
+                    result.heldout_statistic = _heldout_statistic(model, heldout, result.noise, module_name, sync)
                 return result
             redraws += 1
             logger.warning("Noise synthesis produced a non-finite noise or statistic: redraw %d.", redraws)
@@ -195,17 +298,132 @@ def synthesize_noise(
                 )
 
 
-def _initial_draw(shape, device, sync, generator, sampler) -> torch.Tensor:
-    noise = sampler(shape, generator)
-    return sync.broadcast(noise.to(device))
+@dataclass
+class _Context:
+    shape: tuple
+    device: torch.device
+    args: NullspaceArguments
+    sync: _Sync
+    generator: torch.Generator | None
+    next_batch: Callable
+    measure: Callable
+    token_rms: float
+    first: tuple
+
+    def draw(self, sampler) -> torch.Tensor:
+        """A draw of the noise's shape from `sampler(shape, generator)`, broadcast from the main process."""
+        return self.sync.broadcast(sampler(self.shape, self.generator).to(self.device))
+
+    def statistic(self, position, pixel_values, noise) -> float:
+        """The epsilon statistic of `noise` on one batch, without gradients, averaged over processes."""
+        clean, noisy = self.measure(position, pixel_values, noise, with_grad=False)
+        return float(self.sync.mean(epsilon_statistic(clean, noisy)))
 
 
-def _learned_noise(shape, device, args, sync, generator, next_batch, measure) -> NoiseSynthesisResult | None:
+def _heldout_statistic(model, heldout, noise, module_name, sync) -> float:
+    values = []
+    for _, pixel_values in _cycle(heldout):
+        with torch.no_grad(), sync.autocast():
+            clean = _logits(model, pixel_values).float()
+            with inject_noise(model, noise.to(pixel_values.device), module_name=module_name):
+                noisy = _logits(model, pixel_values).float()
+        values.append(epsilon_statistic(clean, noisy))
+        if len(values) >= (len(heldout) if isinstance(heldout, Sequence) else 1):
+            break
+    return float(sync.mean(torch.stack(values).mean()))
+
+
+def _rms(tensor: torch.Tensor) -> float:
+    return float(tensor.float().pow(2).mean().sqrt())
+
+
+def _calibrate(context: _Context, direction: torch.Tensor, position, pixel_values) -> tuple[float, float] | None:
+    """
+    The scale s at which `s * direction` (RMS 1) leaves the epsilon ball on one batch: doubling or halving from the
+    RMS of the patch embeddings to a bracket, then geometric bisection. Returns (s, statistic at s) with the
+    statistic >= epsilon (the smallest scale found outside), or `None` on a non-finite statistic.
+    """
+    epsilon = context.args.noise_epsilon
+    scale = context.token_rms if context.token_rms > 0 and math.isfinite(context.token_rms) else 1.0
+    value = context.statistic(position, pixel_values, scale * direction)
+    if not math.isfinite(value):
+        return None
+    inside = value < epsilon
+    lo, hi, hi_value = (scale, None, None) if inside else (None, scale, value)
+    for _ in range(CALIBRATION_MAX_DOUBLINGS):
+        if lo is not None and hi is not None:
+            break
+        scale = scale * 2 if inside else scale / 2
+        value = context.statistic(position, pixel_values, scale * direction)
+        if not math.isfinite(value):
+            return None
+        if value < epsilon:
+            lo = scale
+        else:
+            hi, hi_value = scale, value
+    if hi is None:  # the model does not leave epsilon at any scale tried: start from the largest
+        return lo, float("nan")
+    if lo is None:  # still outside at a tiny scale: start from there
+        return hi, hi_value
+    for _ in range(CALIBRATION_BISECTIONS):
+        middle = math.sqrt(lo * hi)
+        value = context.statistic(position, pixel_values, middle * direction)
+        if not math.isfinite(value):
+            return None
+        if value < epsilon:
+            lo = middle
+        else:
+            hi, hi_value = middle, value
+    return hi, hi_value
+
+
+def _shrink_inside(context: _Context, noise: torch.Tensor, position, pixel_values) -> tuple[torch.Tensor, float]:
+    """The largest t * noise (t in [0, 1], bisection) found inside epsilon on one batch, and its statistic."""
+    epsilon = context.args.noise_epsilon
+    best, best_value = torch.zeros_like(noise), 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(FALLBACK_BISECTIONS):
+        middle = (lo + hi) / 2
+        candidate = noise * middle
+        value = context.statistic(position, pixel_values, candidate)
+        if math.isfinite(value) and value < epsilon:
+            lo, best, best_value = middle, candidate, value
+        else:
+            hi = middle
+    return best, best_value
+
+
+def _learned_noise(context: _Context, init: torch.Tensor | None) -> NoiseSynthesisResult | None:
+    args, sync = context.args, context.sync
+    position, pixel_values = context.next_batch()
     limit = args.noise_init_limit
-    noise = _initial_draw(
-        shape, device, sync, generator, lambda s, g: (torch.rand(s, generator=g) * 2 - 1) * limit
-    ).requires_grad_(True)
-    optimizer = torch.optim.AdamW([noise], lr=args.noise_lr, weight_decay=args.noise_weight_decay)
+    warm = None
+    if init is not None:
+        warm = init.detach().float().to(context.device).reshape(context.shape)
+        if not (torch.isfinite(warm).all() and _rms(warm) > 0):
+            warm = None
+    boundary = None
+    if limit is not None:  # the authors' fixed start U(-limit, limit); a warm start gets that draw's RMS
+        if warm is not None:
+            noise = sync.broadcast(warm) * (limit / math.sqrt(3) / _rms(warm))
+        else:
+            noise = context.draw(lambda s, g: (torch.rand(s, generator=g) * 2 - 1) * limit)
+        lr = args.noise_lr
+    else:  # scale-free: calibrate where this direction leaves the epsilon ball, start noise_init_factor beyond
+        if warm is not None:
+            direction = sync.broadcast(warm) / _rms(warm)
+        else:
+            direction = context.draw(lambda s, g: torch.rand(s, generator=g) * 2 - 1)
+            direction = direction / _rms(direction)  # a uniform draw of RMS exactly 1
+        calibrated = _calibrate(context, direction, position, pixel_values)
+        if calibrated is None:
+            return None
+        boundary = calibrated[0]
+        noise = direction * (boundary * args.noise_init_factor)
+        lr = args.noise_lr * _rms(noise) / math.sqrt(3)  # noise_lr x limit / 3, limit = the start's uniform bound
+    start_scale = _rms(noise)
+    noise = noise.clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([noise], lr=lr, weight_decay=args.noise_weight_decay)
     total = args.noise_max_updates
 
     def cosine(step: int) -> float:
@@ -213,11 +431,12 @@ def _learned_noise(shape, device, args, sync, generator, next_batch, measure) ->
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     updates, statistic = 0, float("nan")
+    last = (position, pixel_values)
     while True:
-        position, pixel_values = next_batch()
         if pixel_values is None:
             break
-        clean, noisy = measure(position, pixel_values, noise, with_grad=True)
+        last = (position, pixel_values)
+        clean, noisy = context.measure(position, pixel_values, noise, with_grad=True)
         statistic = float(sync.mean(epsilon_statistic(clean, noisy.detach())))
         if not math.isfinite(statistic):
             return None
@@ -234,20 +453,57 @@ def _learned_noise(shape, device, args, sync, generator, next_batch, measure) ->
         updates += 1
         if not torch.isfinite(noise).all():
             return None
+        position, pixel_values = context.next_batch()
+    noise = noise.detach().float()
+    reached = statistic < args.noise_epsilon
+    fallback = False
+    if not reached and args.noise_fallback:
+        noise, statistic = _shrink_inside(context, noise, *last)
+        fallback = True
     return NoiseSynthesisResult(
-        noise=noise.detach().float(), updates=updates, statistic=statistic, reached=statistic < args.noise_epsilon
+        noise=noise,
+        updates=updates,
+        statistic=statistic,
+        reached=reached,
+        inside=statistic < args.noise_epsilon,
+        fallback=fallback,
+        start_scale=start_scale,
+        boundary_scale=boundary,
     )
 
 
-def _random_baseline(shape, device, args, sync, generator, next_batch, measure) -> NoiseSynthesisResult | None:
-    noise = _initial_draw(shape, device, sync, generator, lambda s, g: torch.randn(s, generator=g))
+def _norm_matched(context: _Context, learned: NoiseSynthesisResult) -> NoiseSynthesisResult | None:
+    """The control: a Gaussian random direction with exactly the learned noise's norm, measured on the first batch."""
+    direction = context.draw(lambda s, g: torch.randn(s, generator=g))
+    noise = direction * (learned.norm / float(direction.norm()))
+    statistic = context.statistic(*context.first, noise)
+    if not math.isfinite(statistic):
+        return None
+    return NoiseSynthesisResult(
+        noise=noise.float(),
+        updates=learned.updates,
+        statistic=statistic,
+        reached=learned.reached,
+        inside=statistic < context.args.noise_epsilon,
+        fallback=learned.fallback,
+        start_scale=learned.start_scale,
+        boundary_scale=learned.boundary_scale,
+        learned_norm=learned.norm,
+        learned_statistic=learned.statistic,
+        learned_noise=learned.noise,
+    )
+
+
+def _random_baseline(context: _Context) -> NoiseSynthesisResult | None:
+    args = context.args
+    noise = context.draw(lambda s, g: torch.randn(s, generator=g))
+    start_scale = _rms(noise)
     updates, statistic = 0, float("nan")
     while True:
-        position, pixel_values = next_batch()
+        position, pixel_values = context.next_batch()
         if pixel_values is None:
             break
-        clean, noisy = measure(position, pixel_values, noise, with_grad=False)
-        statistic = float(sync.mean(epsilon_statistic(clean, noisy)))
+        statistic = context.statistic(position, pixel_values, noise)
         if not math.isfinite(statistic):
             return None
         if statistic < args.noise_epsilon or updates >= args.noise_max_updates:
@@ -255,5 +511,9 @@ def _random_baseline(shape, device, args, sync, generator, next_batch, measure) 
         noise = noise * args.noise_random_shrink
         updates += 1
     return NoiseSynthesisResult(
-        noise=noise.float(), updates=updates, statistic=statistic, reached=statistic < args.noise_epsilon
+        noise=noise.float(),
+        updates=updates,
+        statistic=statistic,
+        reached=statistic < args.noise_epsilon,
+        start_scale=start_scale,
     )

@@ -76,18 +76,41 @@ class NullspaceTrainer(Trainer):
         return step % self.nullspace_args.noise_refresh_steps == 0 and step != self.noise_history[-1]["step"]
 
     def refresh_noise(self, model: torch.nn.Module, inputs: dict, reason: str = "schedule") -> dict:
-        """Synthesises a fresh noise on `inputs`, adds it to the bank, logs and returns its record."""
+        """
+        Synthesises a fresh noise on `inputs` (its first `noise_synthesis_batch_size` rows, the rest held out), adds
+        it to the bank, logs and returns its record.
+        """
         start = time.perf_counter()
+        args = self.nullspace_args
+        pixel_values, heldout = inputs["pixel_values"], None
+        rows = args.noise_synthesis_batch_size
+        if rows is not None and rows < pixel_values.shape[0]:
+            pixel_values, heldout = pixel_values[:rows], pixel_values[rows:]
+        warm_start = None
+        if args.noise_warm_start and args.nullspace_mode != "random":
+            # the previous learned noise (norm_matched trains on a random one and keeps the learned one aside)
+            warm_start = getattr(self, "_last_learned_noise", None)
+            warm_start = warm_start if warm_start is not None else self.noise
         result = synthesize_noise(
             self.accelerator.unwrap_model(model),
-            {"pixel_values": inputs["pixel_values"]},
-            self.nullspace_args,
+            {"pixel_values": pixel_values},
+            args,
             accelerator=self.accelerator,
+            heldout=heldout,
+            init=warm_start,
         )
+        self._last_learned_noise = result.learned_noise if result.learned_noise is not None else result.noise
         record = {"step": self.state.global_step, **result.summary(), "seconds": time.perf_counter() - start}
+        record["warm_start"] = warm_start is not None
         record["reason"] = reason
         self.noise_bank.append(result.noise, record)
-        self.log({f"noise_{key}": float(value) for key, value in record.items() if key not in ("step", "reason")})
+        self.log(
+            {
+                f"noise_{key}": float(value)
+                for key, value in record.items()
+                if key not in ("step", "reason") and value is not None
+            }
+        )
         return record
 
     def training_step(self, model, inputs, num_items_in_batch=None):
