@@ -1,6 +1,7 @@
 """Find the patch-embedding projection of a Hugging Face vision model and add noise at its output."""
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -42,6 +43,25 @@ def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tu
         `tuple[str, nn.Conv2d]`: the dotted name and the projection module.
     """
     model = unwrap(model)
+    cached = _found_names.get(model, {}).get(module_name)
+    if cached is not None:
+        # re-resolved by its path (a few getattr calls), so a module replaced since is still found correctly
+        try:
+            module = model.get_submodule(cached)
+        except AttributeError:
+            module = None
+        if _is_patch_projection(module):
+            return cached, module
+    found = _search(model, module_name)
+    try:
+        _found_names.setdefault(model, {})[module_name] = found[0]
+    except TypeError:  # a model that cannot be weakly referenced is simply searched every time
+        pass
+    return found
+
+
+def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d]:
+    """`find_patch_embedding` without the cache: walks every module of `model`."""
     modules = dict(model.named_modules())
     if module_name is not None:
         if module_name not in modules:
@@ -62,12 +82,21 @@ def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tu
                 "= patch size) as `nullspace_patch_embedding_module` / `module_name`."
             )
         module_name, module = matches[0], modules[matches[0]]
-    if not isinstance(module, nn.Conv2d) or module.kernel_size != module.stride or module.padding not in (0, (0, 0)):
+    if not _is_patch_projection(module):
         raise UnsupportedModelError(
             f"{module_name!r} is a {type(module).__name__}, not a patch projection: expected a Conv2d with "
             "kernel_size == stride and no padding."
         )
     return module_name, module
+
+
+# model -> {requested module name (None: by model type): dotted name found}. `named_modules()` walks every module of
+# the model (hundreds for ViT-B); the name found is cached per model and re-resolved by path on every later call.
+_found_names: "weakref.WeakKeyDictionary[nn.Module, dict[str | None, str]]" = weakref.WeakKeyDictionary()
+
+
+def _is_patch_projection(module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and module.padding in (0, (0, 0))
 
 
 def _noise_map(noise: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -83,6 +112,13 @@ def _noise_map(noise: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return noise.transpose(1, 2).reshape(noise.shape[0], dim, height, width).to(output.dtype)
 
 
+def _rows_mask(rows: slice, output: torch.Tensor) -> torch.Tensor:
+    """A (B, 1, 1, 1) mask of the batch rows in `rows`: 1 there, 0 elsewhere."""
+    mask = torch.zeros(output.shape[0], 1, 1, 1, dtype=output.dtype, device=output.device)
+    mask[rows] = 1
+    return mask
+
+
 @contextlib.contextmanager
 def inject_noise(
     model: nn.Module,
@@ -94,7 +130,8 @@ def inject_noise(
     Adds a noise to the patch embeddings of every forward pass inside the context.
 
     The noise has the shape (1, N, D) of the patch tokens (N patches of D channels) and is added to the output of
-    the patch projection, before the CLS token and the position embeddings: where the paper puts it.
+    the patch projection, before the CLS token and the position embeddings: where the paper puts it. This is the
+    API for analysis and synthesis (the noise may require grad); training installs a [`NoiseHook`] once instead.
 
     Args:
         model (`nn.Module`):
@@ -120,14 +157,104 @@ def inject_noise(
         noise_map = _noise_map(noise, output)
         if rows is None:
             return output + noise_map
-        start, stop, _ = rows.indices(output.shape[0])
-        return torch.cat([output[:start], output[start:stop] + noise_map, output[stop:]])
+        return torch.addcmul(output, _rows_mask(rows, output), noise_map)  # output + mask * noise, one kernel
 
     handle = projection.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+class NoiseHook:
+    """
+    A forward hook on the patch projection, installed once for a whole training run, that adds the current noise
+    while it is enabled and does nothing otherwise.
+
+    Nothing is looked up, registered or moved per forward pass: the noise lives on the projection's device in a
+    tensor that [`set_noise`] overwrites in place (its identity never changes, so a `torch.compile`d model is not
+    recompiled when the noise changes), and the noisy rows are fixed by the layout: `"all"` rows, or `"halves"`, a
+    batch of twice B rows whose first B rows are clean and last B rows noisy (the clean and the noisy copy of one
+    batch in one forward pass). The noise is added out of place in one broadcast addition (no slicing, no
+    concatenation), so autograd and compiled graphs see an ordinary elementwise op.
+
+    Args:
+        model (`nn.Module`):
+            The vision model (wrappers such as DDP or `torch.compile` are looked through).
+        module_name (`str`, *optional*):
+            Dotted name of the projection, for architectures outside the built-in table.
+
+    Example:
+
+    ```python
+    >>> hook = NoiseHook(model)
+    >>> hook.set_noise(noise)                                   # once per refresh
+    >>> with hook.enabled("halves"):                            # every step
+    ...     logits = model(pixel_values=torch.cat([pixel_values, pixel_values])).logits
+    >>> hook.remove()
+    ```
+    """
+
+    LAYOUTS = ("all", "halves")
+
+    def __init__(self, model: nn.Module, module_name: str | None = None):
+        self.name, self.projection = find_patch_embedding(model, module_name)
+        self.layout: str | None = None
+        self.source: torch.Tensor | None = None
+        # (2, 1, D, N): row 0 zeros (the clean half), row 1 the noise; viewed as (2, 1, D, h, w) in the hook
+        self._pair: torch.Tensor | None = None
+        self._handle = self.projection.register_forward_hook(self._hook)
+
+    def set_noise(self, noise: torch.Tensor) -> None:
+        """Makes `noise` (shape (1, N, D) or (N, D)) the noise added from now on; copied to the projection's
+        device once, here."""
+        tokens = noise.detach().reshape(1, -1, noise.shape[-1]).transpose(1, 2)  # (1, D, N)
+        device = self.projection.weight.device
+        pair = self._pair
+        if pair is not None and pair.shape[1:] == tokens.shape and (pair.dtype, pair.device) == (tokens.dtype, device):
+            pair[1].copy_(tokens)
+        else:
+            pair = torch.zeros(2, *tokens.shape, dtype=tokens.dtype, device=device)
+            pair[1].copy_(tokens)
+            self._pair = pair
+        self.source = noise
+
+    @contextlib.contextmanager
+    def enabled(self, layout: str = "all") -> Iterator[None]:
+        """Adds the noise to the rows of `layout` (`"all"` or `"halves"`) in the forward passes inside the context."""
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout must be one of {self.LAYOUTS}, got {layout!r}.")
+        if self._pair is None:
+            raise RuntimeError("NoiseHook.set_noise must be called before the hook is enabled.")
+        previous, self.layout = self.layout, layout
+        try:
+            yield
+        finally:
+            self.layout = previous
+
+    def _hook(self, module, args, output):
+        layout = self.layout
+        if layout is None:
+            return None
+        dim, height, width = output.shape[1:]
+        if self._pair.shape[2:] != (dim, height * width):
+            raise ValueError(
+                f"Noise of shape (1, {self._pair.shape[3]}, {self._pair.shape[2]}) does not fit a patch embedding of "
+                f"{height * width} patches x {dim} channels: expected (1, {height * width}, {dim}). Was the noise made "
+                "for another image size?"
+            )
+        pair = self._pair.view(2, 1, dim, height, width).to(output.dtype)
+        if layout == "all":
+            return output + pair[1]
+        if output.shape[0] % 2:
+            raise ValueError(
+                f"The 'halves' layout needs an even batch (clean rows, then noisy rows), got {output.shape[0]}."
+            )
+        return (output.unflatten(0, (2, -1)) + pair).flatten(0, 1)
+
+    def remove(self) -> None:
+        """Removes the hook from the model."""
+        self._handle.remove()
 
 
 class _ShapeFound(Exception):

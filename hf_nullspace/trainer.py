@@ -11,7 +11,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .config import NullspaceArguments
-from .embedding import find_patch_embedding, inject_noise
+from .embedding import NoiseHook, find_patch_embedding
 from .noise_bank import NOISE_NORM_FIGURE, NoiseBank, last_complete_checkpoint
 from .synthesis import synthesize_noise
 
@@ -113,10 +113,58 @@ class NullspaceTrainer(Trainer):
         )
         return record
 
+    # ---- the training step: one hook for the run, the noise on the device, no per-step collective ------------------
+
+    # Under several processes, a non-finite noisy loss is handled on its own process at once (that step trains on the
+    # clean loss there) and the processes agree on redrawing the noise every this many optimiser steps: one
+    # one-element all-reduce, not one per step. A single process redraws at once.
+    non_finite_check_steps = 10
+    _noise_hook: NoiseHook | None = None
+    _noise_hook_owner: torch.nn.Module | None = None
+    _keep_noise_hook = False
+    _non_finite_losses = 0
+    _last_agreement_step = -1
+
+    def _synthesis_model(self, model):
+        # synthesis runs on the plain module: a compiled model would be traced again for synthesis's own hooks,
+        # eval mode and frozen parameters
+        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.nullspace_args.nullspace_mode != "none" and self._refresh_due():
-            self.refresh_noise(model, self._prepare_inputs(inputs))
+        if self.nullspace_args.nullspace_mode != "none":
+            if self.accelerator.num_processes > 1:
+                self._agree_on_non_finite_losses(model, inputs)
+            if self._refresh_due():
+                self.refresh_noise(self._synthesis_model(model), self._prepare_inputs(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _agree_on_non_finite_losses(self, model, inputs) -> None:
+        step = self.state.global_step
+        if step % self.non_finite_check_steps or step == self._last_agreement_step:
+            return
+        self._last_agreement_step = step
+        count = torch.tensor([float(self._non_finite_losses)], device=self.args.device)
+        self._non_finite_losses = 0
+        if float(self.accelerator.reduce(count, reduction="sum")) > 0:
+            logger.warning("Non-finite noisy losses since the last check (step %d): redrawing the noise.", step)
+            self.refresh_noise(self._synthesis_model(model), self._prepare_inputs(inputs), reason="non-finite loss")
+
+    def _noise_hook_for(self, model) -> NoiseHook:
+        """The noise hook on `model`'s patch projection: installed once, found again by identity on every step."""
+        hook = self._noise_hook
+        if hook is not None and self._noise_hook_owner is model:
+            return hook
+        _, projection = find_patch_embedding(model, self.nullspace_args.nullspace_patch_embedding_module)
+        if hook is None or hook.projection is not projection:
+            self._remove_noise_hook()
+            hook = self._noise_hook = NoiseHook(model, self.nullspace_args.nullspace_patch_embedding_module)
+        self._noise_hook_owner = model
+        return hook
+
+    def _remove_noise_hook(self) -> None:
+        if self._noise_hook is not None:
+            self._noise_hook.remove()
+        self._noise_hook = self._noise_hook_owner = None
 
     def _classification_loss(self, logits, labels, num_items_in_batch):
         # mirrors the model's own loss and Trainer.compute_loss, so mode "none" and weight 0 give the same gradient
@@ -137,52 +185,76 @@ class NullspaceTrainer(Trainer):
                 )
         return loss
 
-    def _forward(self, model, inputs, noise):
+    @staticmethod
+    def _model_kwargs(inputs) -> dict:
+        return {k: v for k, v in inputs.items() if k not in ("pixel_values", "labels")}
+
+    def _forward(self, model, inputs, hook: NoiseHook):
         pixel_values = inputs["pixel_values"]
-        extra = {k: v for k, v in inputs.items() if k not in ("pixel_values", "labels")}
-        module_name = self.nullspace_args.nullspace_patch_embedding_module
-        batch_size = pixel_values.shape[0]
+        extra = self._model_kwargs(inputs)
         if self.nullspace_args.noise_shared_forward:
-            with inject_noise(model, noise, rows=slice(batch_size, 2 * batch_size), module_name=module_name):
+            with hook.enabled("halves"):  # rows B..2B of the doubled batch get the noise
                 outputs = model(pixel_values=torch.cat([pixel_values, pixel_values]), **extra)
-            clean_logits, noisy_logits = outputs.logits.split(batch_size)
+            clean_logits, noisy_logits = outputs.logits.split(pixel_values.shape[0])
             return outputs, clean_logits, noisy_logits
         outputs = model(pixel_values=pixel_values, **extra)
-        with inject_noise(model, noise, module_name=module_name):
+        with hook.enabled("all"):
             noisy_logits = model(pixel_values=pixel_values, **extra).logits
         return outputs, outputs.logits, noisy_logits
 
+    def _clean_step(self, model, inputs, num_items_in_batch):
+        # a fresh clean-only forward: the clean rows of a shared pass with non-finite noisy rows would still carry
+        # NaN into the parameter gradients (0 * NaN) through the shared weights
+        outputs = model(pixel_values=inputs["pixel_values"], **self._model_kwargs(inputs))
+        return self._classification_loss(outputs.logits, inputs["labels"], num_items_in_batch), outputs
+
     def _finite_on_all_processes(self, value: torch.Tensor) -> bool:
-        finite = torch.isfinite(value.detach()).all().float().reshape(1)
-        if self.accelerator.num_processes > 1:
-            finite = self.accelerator.gather(finite).min()
-        return bool(finite)
+        """Whether `value` is finite here: a local check, no collective (see `non_finite_check_steps`)."""
+        return bool(torch.isfinite(value.detach()).all())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """
         Clean CE + `noisy_loss_weight` * noisy CE while training with a noise; the Trainer's own loss otherwise
-        (mode `none`, evaluation). A non-finite noisy loss on any process redraws the noise on this batch (logged);
-        if the fresh noise fails too, this step trains on the clean loss alone.
+        (mode `none`, evaluation). A non-finite noisy loss redraws the noise on this batch (logged); if the fresh
+        noise fails too, this step trains on the clean loss alone. Under several processes the process that saw it
+        trains this step on the clean loss and all processes redraw at the next agreement (`non_finite_check_steps`).
         """
         if self.nullspace_args.nullspace_mode == "none" or self.noise is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
-        for attempt in range(2):
-            outputs, clean_logits, noisy_logits = self._forward(model, inputs, self.noise.to(labels.device))
-            clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
-            noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
-            if self._finite_on_all_processes(noisy_loss):
-                loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
-                break
-            if attempt == 0:
-                logger.warning("Non-finite noisy loss at step %d: redrawing the noise.", self.state.global_step)
-                self.refresh_noise(model, inputs, reason="non-finite loss")
-        else:
-            logger.warning(
-                "The redrawn noise gives a non-finite loss too: step %d trains on the clean loss.",
-                self.state.global_step,
-            )
-            loss = clean_loss
+        hook = self._noise_hook_for(model)
+        try:
+            for attempt in range(2):
+                if hook.source is not self.noise:
+                    hook.set_noise(self.noise)  # once per refresh: the only host-to-device copy of the noise
+                outputs, clean_logits, noisy_logits = self._forward(model, inputs, hook)
+                clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
+                noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
+                if self._finite_on_all_processes(noisy_loss):
+                    loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
+                    break
+                if self.accelerator.num_processes > 1:
+                    self._non_finite_losses += 1
+                    logger.warning(
+                        "Non-finite noisy loss at step %d on process %d: this step trains on the clean loss here; "
+                        "the noise is redrawn at the next check.",
+                        self.state.global_step,
+                        self.accelerator.process_index,
+                    )
+                    loss, outputs = self._clean_step(model, inputs, num_items_in_batch)
+                    break
+                if attempt == 0:
+                    logger.warning("Non-finite noisy loss at step %d: redrawing the noise.", self.state.global_step)
+                    self.refresh_noise(self._synthesis_model(model), inputs, reason="non-finite loss")
+            else:
+                logger.warning(
+                    "The redrawn noise gives a non-finite loss too: step %d trains on the clean loss.",
+                    self.state.global_step,
+                )
+                loss, outputs = self._clean_step(model, inputs, num_items_in_batch)
+        finally:
+            if not self._keep_noise_hook:  # called outside train(): leave no hook behind
+                self._remove_noise_hook()
         return (loss, outputs) if return_outputs else loss
 
     # ---- noise state: saved with every checkpoint, restored on resume ---------------------------------------------
@@ -233,7 +305,16 @@ class NullspaceTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir}).")
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        # the noise hook is installed once for the run (before any forward pass, so a compiled model is traced with
+        # it) and removed afterwards; steps only switch it on and off
+        self._keep_noise_hook = True
+        try:
+            if self.nullspace_args.nullspace_mode != "none":
+                self._noise_hook_for(self.model)
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        finally:
+            self._keep_noise_hook = False
+            self._remove_noise_hook()
         if self.args.should_save and len(self.noise_bank):
             self.noise_bank.export(self.args.output_dir, self.nullspace_args.to_dict())
         return output
