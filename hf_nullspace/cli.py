@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _finetune(args, rest):
@@ -57,15 +58,30 @@ def _nullspace(args, rest):
 
 
 def _card(args, rest):
-    from .hub import write_model_card
+    from .card import RESULTS_FILE, save_results, write_model_card
 
-    print(f"Card: {write_model_card(args.output_dir, repo_id=args.repo_id)}")
+    if args.license:  # recorded in results.json too, so a later push keeps it
+        results = json.loads((Path(args.output_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+        results["license"] = args.license
+        for key in ("license_name", "license_link"):
+            results.pop(key, None)
+        save_results(args.output_dir, results)
+    print(f"Card: {write_model_card(args.output_dir, repo_id=args.repo_id, revision=args.revision)}")
 
 
 def _push(args, rest):
     from .hub import push_run
 
-    print(push_run(args.output_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision))
+    print(
+        push_run(
+            args.output_dir,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            revision=args.revision,
+            license=args.license,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     card = commands.add_parser("card", help="(re)build the model card of a finished run from its results.json")
     card.add_argument("output_dir")
-    card.add_argument("--repo-id")
+    card.add_argument("--repo-id", help="the Hub repo the card is for (usage snippet, widget image URLs)")
+    card.add_argument("--revision", help="the branch the card will be pushed to (widget image URLs); main by default")
+    card.add_argument("--license", help="licence of the model (a Hub licence id), replacing the one in results.json")
     card.set_defaults(run=_card)
 
     push = commands.add_parser("push", help="push a finished run (weights, card, figures, results, noise bank)")
@@ -109,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token")
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision")
+    push.add_argument("--license", help="licence of the model (a Hub licence id), replacing the one in results.json")
     push.set_defaults(run=_push)
     return parser
 

@@ -74,6 +74,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Replace a classifier head whose size differs from the dataset's number of labels."},
     )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "Licence of the finetuned model on its card (a Hub licence id, e.g. apache-2.0). Defaults to the "
+            "base model card's licence, else `other` with a warning."
+        },
+    )
 
 
 @dataclass
@@ -257,8 +264,11 @@ def robustness_data(data_args):
 
 
 def _shown(path: str) -> str:
-    """Hub ids as they are; the bundled assets by their place in the package, not this machine's path."""
-    return "hf_nullspace/assets/" + os.path.relpath(path, str(ASSETS)) if path.startswith(str(ASSETS)) else path
+    """Hub ids as they are; the bundled assets by their place in the package, not this machine's path; a relative
+    local path with `./`, so the card never takes it for a Hub id."""
+    if path.startswith(str(ASSETS)):
+        return "hf_nullspace/assets/" + os.path.relpath(path, str(ASSETS))
+    return os.path.join(".", path) if os.path.exists(path) and not os.path.isabs(path) else path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -307,6 +317,14 @@ def main(argv: list[str] | None = None) -> dict:
             "config": data_args.dataset_config_name,
             "split": data_args.train_split,
         },
+        eval_dataset={
+            "name": _shown(data_args.dataset_name),
+            "config": data_args.dataset_config_name,
+            "split": data_args.eval_split,
+        }
+        if trainer.eval_dataset is not None
+        else None,
+        **({"license": model_args.license} if model_args.license else {}),
         **metrics,
     )
     if data_args.robustness_suite not in (None, "none"):

@@ -1,21 +1,22 @@
-"""Pushing a finished run to the Hub: exactly the files the design allows (never a pickle), and no token in them.
+"""Pushing a run to the Hub: exactly the files the design allows (never a pickle), and no token in them.
 
 A finished run folder holds the model (`model.safetensors`, `config.json`, `preprocessor_config.json`), the noise
-bank (`*.safetensors`), the figures (`*.png`), `noise_history.json`, `results.json` and the card (`README.md`,
-rendered by `card.py`).
+bank (`*.safetensors`), the figures (`*.png`), `noise_history.json`, `results.json`, example images
+(`examples/*.png`) and the card (`README.md`, rendered by `card.py`). Every push path goes through [`push_run`]:
+`NullspaceTrainer.push_to_hub`, the Trainer's push at every save (`hub_strategy`), and `hf-nullspace push`.
 """
 
-import glob
 import json
 import logging
 import struct
+from concurrent.futures import Future
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.utils import filter_repo_objects
 
-from .card import CARD_FILE, HF_TOKEN_PATTERN, RESULTS_FILE, write_model_card
-from .noise_bank import NOISE_HISTORY_FILE
+from .card import CARD_FILE, HF_TOKEN_PATTERN, RESULTS_FILE, save_results, write_model_card
+from .noise_bank import NOISE_BANK_FILE, NOISE_HISTORY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ DENIED_PATTERNS = [
 ]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml")
+# What a checkpoint folder in the repo holds (hub_strategy "checkpoint" / "all_checkpoints"): the model and its noise
+# bank, loadable with from_pretrained; never the optimiser, scheduler, RNG or trainer states (pickles or not).
+CHECKPOINT_PATTERNS = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "preprocessor_config.json",
+    NOISE_BANK_FILE,
+    NOISE_HISTORY_FILE,
+)
+# One background pusher, so pushes made during training reach the repo one after the other, in order.
+_BACKGROUND = HfApi()
 
 
 def _run_files(output_dir: Path) -> list[str]:
@@ -79,6 +92,11 @@ def _check_no_token(output_dir: Path, files: list[str], token: str | None) -> No
             raise ValueError(f"{path} contains a Hugging Face token: redact it before pushing (see `redact`).")
 
 
+def _allowed(names: list[str], patterns) -> list[str]:
+    allowed = filter_repo_objects(names, allow_patterns=list(patterns))
+    return sorted(filter_repo_objects(sorted(allowed), ignore_patterns=DENIED_PATTERNS))
+
+
 def push_run(
     output_dir: str | Path,
     repo_id: str,
@@ -87,16 +105,20 @@ def push_run(
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
+    license: str | None = None,
+    checkpoint_in_repo: str | None = None,
 ) -> str:
     """
-    Creates the repo (if needed) and uploads a finished run: model weights and configs, the model card (rewritten
-    from `results.json` for this repo when present), the figures, `results.json`, `noise_history.json` and the noise
-    bank. Checkpoint folders, optimiser and trainer states, `training_args.bin` and every pickle (`*.bin`, `*.pt`,
-    `*.pth`) stay local, and the push is refused if a pushed text file holds a token.
+    Creates the repo (if needed) and uploads a run folder in one commit: model weights and configs, the model card
+    (rewritten from `results.json` for this repo and branch when present), the figures, example images listed in the
+    results, `results.json`, `noise_history.json` and the noise bank. Checkpoint folders, optimiser and trainer
+    states, `training_args.bin` and every pickle (`*.bin`, `*.pt`, `*.pth`, `*.pkl`) stay local, and the push is
+    refused if a pushed text file or safetensors header holds a token. Files unchanged on the Hub are not uploaded
+    again; an unchanged run makes no commit.
 
     Args:
         output_dir (`str` or `Path`):
-            The finished run folder.
+            The run folder.
         repo_id (`str`):
             The Hub repo, `namespace/name`.
         token (`str`, *optional*):
@@ -107,26 +129,64 @@ def push_run(
             The branch to push to, created from `main` if missing. Defaults to `main`.
         commit_message (`str`, *optional*):
             The commit message.
+        license (`str`, *optional*):
+            The licence to put on the card, replacing the one in `results.json` (which is updated).
+        checkpoint_in_repo (`str`, *optional*):
+            Also upload the model files of the run (weights, configs, noise bank and history: `CHECKPOINT_PATTERNS`)
+            under this folder of the repo, e.g. `last-checkpoint` (the Trainer's `hub_strategy="checkpoint"`).
 
     Returns:
-        `str`: the URL of the commit.
+        `str`: the URL of the commit (of the branch's head when nothing changed).
     """
     output_dir = Path(output_dir)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if (output_dir / RESULTS_FILE).is_file():
-        write_model_card(output_dir, repo_id=repo_id)
+    results_path = output_dir / RESULTS_FILE
+    if license and results_path.is_file():
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results.update(license=license)
+        for key in ("license_name", "license_link"):
+            results.pop(key, None)
+        save_results(output_dir, results)
+    if results_path.is_file():
+        write_model_card(output_dir, repo_id=repo_id, revision=revision)
     files = _run_files(output_dir)
+    uploads = {name: name for name in files}
+    if checkpoint_in_repo:
+        folder = checkpoint_in_repo.strip("/")
+        root_files = [name for name in files if "/" not in name]
+        uploads.update({f"{folder}/{name}": name for name in _allowed(root_files, CHECKPOINT_PATTERNS)})
     _check_no_token(output_dir, files, token or get_token())
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    logger.info(f"Pushing {len(files)} files from {output_dir} to {repo_id}: {files}")
-    commit = api.upload_folder(
+    logger.info(f"Pushing {len(uploads)} files from {output_dir} to {repo_id}: {sorted(uploads)}")
+    commit = api.create_commit(
         repo_id=repo_id,
-        folder_path=output_dir,
+        operations=[
+            CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(output_dir / local))
+            for in_repo, local in sorted(uploads.items())
+        ],
         revision=revision,
         commit_message=commit_message or "Upload robust model (approximate nullspace augmented finetuning)",
-        allow_patterns=[glob.escape(name) for name in files],
-        ignore_patterns=list(DENIED_PATTERNS),
     )
     return commit.commit_url
+
+
+def push_run_in_background(output_dir: str | Path, repo_id: str, *, cleanup: bool = False, **kwargs) -> Future:
+    """
+    [`push_run`] on a background thread (one push at a time, in the order asked); `cleanup` removes `output_dir`
+    (a staging folder) once pushed. A failed push is logged and raised by the future's `result()`.
+    """
+    import shutil
+
+    def push() -> str:
+        try:
+            return push_run(output_dir, repo_id, **kwargs)
+        except Exception:
+            logger.exception(f"Pushing {output_dir} to {repo_id} failed")
+            raise
+        finally:
+            if cleanup:
+                shutil.rmtree(output_dir, ignore_errors=True)
+
+    return _BACKGROUND.run_as_future(push)

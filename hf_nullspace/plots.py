@@ -9,12 +9,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: str, tight_layout: bool = True) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if tight_layout:
+        fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps legends placed outside the axes
     plt.close(fig)
     return path
+
+
+def _legend_outside(ax, **kwargs):
+    """The legend to the right of the axes, where it can cover no bar, line or point."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
+
+
+def _benchmark_name(name: str) -> str:
+    from .card import readable_benchmark
+
+    return readable_benchmark(name)
+
+
+def _budget(value: float) -> str:
+    from .card import format_budget
+
+    return format_budget(value) if value > 0 else "0"
 
 
 def plot_noise_norm(
@@ -42,7 +60,7 @@ def plot_noise_norm(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(runs) > 1 or any(not r.get("reached", True) for rs in runs.values() for r in rs):
-        ax.legend(title="hollow: epsilon not reached" if len(runs) == 1 else None, fontsize=8)
+        _legend_outside(ax, title="hollow: epsilon not reached" if len(runs) == 1 else None, fontsize=8)
     return _save(fig, path)
 
 
@@ -91,12 +109,13 @@ def plot_benchmark_accuracy(report: dict, path: str, title: str = "Top-1 accurac
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(benchmarks))]
         ax.bar(xs, [values.get(b, 0) for b in benchmarks], width=width, label=model["name"])
     ax.set_xticks(range(len(benchmarks)))
-    ax.set_xticklabels(benchmarks, rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels([_benchmark_name(b) for b in benchmarks], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
+    ax.set_xlim(-0.6, len(benchmarks) - 0.4)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax, fontsize=8)
     return _save(fig, path)
 
 
@@ -119,9 +138,11 @@ def plot_corruption_severity(report: dict, path: str, title: str = "Accuracy per
     for ax in axes.flat[len(corruptions) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("top-1 (%)")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, path, tight_layout=False)
 
 
 def plot_attack_budgets(report: dict, path: str, title: str = "Accuracy against attack budget") -> str:
@@ -136,10 +157,13 @@ def plot_attack_budgets(report: dict, path: str, title: str = "Accuracy against 
         for attack, points in attacks.items():
             points = ([(0.0, clean)] if clean is not None else []) + sorted(points)
             ax.plot(*zip(*points), marker="o", label=f"{model['name']}: {attack}")
+    budgets = sorted({float(x) for line in ax.get_lines() for x in line.get_xdata()})
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([_budget(b) for b in budgets], rotation=45, ha="right", fontsize=7)
     ax.set_xlabel("epsilon (pixels in [0, 1])")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_outside(ax, fontsize=7)
     return _save(fig, path)

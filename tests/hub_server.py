@@ -19,6 +19,8 @@ Endpoints:
 - `POST /api/{type}s/{repo}/branch/{branch}`: a new branch from `startingPoint` (or main); 409 if it exists.
 - `GET /api/{type}s/{repo}` and `GET /api/{type}s/{repo}/revision/{rev}`: repo info with `sha` and `siblings`.
 - `GET /api/{type}s/{repo}/tree/{rev}[/{path}]`: files and folders, `?recursive=true` for the whole subtree.
+- `GET /api/{type}s/{repo}/commits/{rev}`: the commits reachable from `rev`, newest first (`HfApi.list_repo_commits`);
+  each commit's files are read with `tree` or `list_repo_files(revision=<commit id>)`.
 - `HEAD`/`GET /[{type}s/]{repo}/resolve/{rev}/{path}`: the file with `X-Repo-Commit`, `ETag`, `Content-Length`.
 """
 
@@ -325,6 +327,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         path = "/".join(unquote(segment) for segment in segments[5:])
         if method == "GET" and action in (None, "revision"):
             self._repo_info(repo_type, repo_id, revision)
+        elif method == "GET" and action == "commits":
+            self._commits(repo_type, repo_id, revision)
         elif method == "GET" and action == "tree":
             self._tree(repo_type, repo_id, revision, path, query.get("recursive", "").lower() in ("1", "true"))
         elif method == "POST" and action == "preupload":
@@ -369,6 +373,23 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if repo_type == "model":
             info["modelId"] = repo_id
         self._send_json(200, info)
+
+    def _commits(self, repo_type: str, repo_id: str, revision: str) -> None:
+        meta, sha, _ = self._snapshot(repo_type, repo_id, revision)
+        history = []
+        while sha is not None:
+            commit = meta["commits"][sha]
+            history.append(
+                {
+                    "id": sha,
+                    "title": commit["title"],
+                    "message": commit["description"],
+                    "authors": [{"user": repo_id.split("/")[0], "avatar": None}],
+                    "date": commit["date"],
+                }
+            )
+            sha = commit["parent"]
+        self._send_json(200, history)
 
     def _tree(self, repo_type: str, repo_id: str, revision: str, folder: str, recursive: bool) -> None:
         _, _, commit = self._snapshot(repo_type, repo_id, revision)
