@@ -33,9 +33,14 @@ def load_classifier(name_or_path: str, **kwargs):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP/accelerate wrappers (which keep it under `.module`)."""
+    """
+    The Hugging Face model inside DDP/accelerate wrappers (which keep it under `.module`) and a peft wrapper (whose
+    base model holds the adapters in place: same modules, same names, same outputs).
+    """
     while not hasattr(model, "config") and hasattr(model, "module"):
         model = model.module
+    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+        model = model.get_base_model()
     return model
 
 
