@@ -141,7 +141,7 @@ def plot_corruption_severity(report: dict, path: str, title: str = "Accuracy per
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path, tight_layout=False)
 
 
