@@ -15,27 +15,49 @@ def _finetune(args, rest):
 
 def _evaluate(args, rest):
     from .data import spec_from_source
-    from .robustness import evaluate_robustness
+    from .finetune import parse_pairs
+    from .robustness import evaluate_robustness, get_suite
+    from .robustness.evaluate import init_process_group, process_group
 
     names = args.names.split(",") if args.names else [os.path.basename(m.rstrip("/")) or m for m in args.models]
     if len(names) != len(args.models):
         raise SystemExit(f"--names gives {len(names)} names for {len(args.models)} models.")
-    paths = dict(entry.split("=", 1) for entry in args.path)
-    report = evaluate_robustness(
-        dict(zip(names, args.models)),
-        suite=args.suite,
+    paths = parse_pairs(args.path, "--path")
+    caps = parse_pairs(args.cap, "--cap", as_int=True)
+    suite = get_suite(
+        args.suite,
         data=spec_from_source(args.data, split=args.split) if args.data else None,
         paths=paths,
-        max_samples=args.max_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
+        corruptions=args.corruptions,
+        severities=args.severities,
     )
-    figures = report.save(args.output_dir)
-    print(report.to_markdown())
-    print(
-        f"Report and figures in {os.path.abspath(args.output_dir)}: {', '.join(os.path.basename(f) for f in figures)}"
-    )
+    created = init_process_group(args.device)  # under accelerate launch / torchrun: every process scores a share
+    try:
+        report = evaluate_robustness(
+            dict(zip(names, args.models)),
+            suite=suite,
+            max_samples=args.max_samples,
+            sample_caps=caps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            token=args.token,
+            remap_labels=args.remap_labels,
+            bf16=args.bf16,
+        )
+        if process_group()[0] == 0:
+            figures = report.save(args.output_dir)
+            print(report.to_markdown())
+            print(
+                f"Report and figures in {os.path.abspath(args.output_dir)}: "
+                f"{', '.join(os.path.basename(f) for f in figures)}"
+            )
+    finally:
+        if created:
+            import torch
+
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
 def _nullspace(args, rest):
@@ -93,17 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.set_defaults(run=_finetune)
 
-    evaluate = commands.add_parser("evaluate", help="score models on a robustness suite, side by side")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score models on a robustness suite, side by side (under accelerate launch: trainer_scripts/evaluate.py)",
+    )
     evaluate.add_argument("models", nargs="+", help="Hub ids or local folders")
     evaluate.add_argument("--suite", default="mnist", help="mnist, imagenet, attacks, corruptions or shift")
     evaluate.add_argument("--data", help="clean data (local path or Hub id) for attacks and on-the-fly corruptions")
     evaluate.add_argument("--split", default="test", help="split of --data")
-    evaluate.add_argument("--path", action="append", default=[], help="BENCHMARK=LOCAL_PATH, repeatable")
+    evaluate.add_argument(
+        "--path", action="append", default=[], help="BENCHMARK=LOCAL_PATH, repeatable (imagenet-c=PATH: all of -C)"
+    )
     evaluate.add_argument("--names", help="comma-separated names of the models in the report")
-    evaluate.add_argument("--max-samples", type=int, help="images per benchmark")
+    evaluate.add_argument("--max-samples", type=int, help="images per evaluation")
+    evaluate.add_argument(
+        "--cap",
+        action="append",
+        default=[],
+        help="KEY=N images for matching evaluations (KEY: evaluation, attack, source or group; N or `all`), "
+        "repeatable, e.g. --cap attack=5000 --cap corruption=all",
+    )
+    evaluate.add_argument(
+        "--remap-labels", action="store_true", help="score a head whose classes are permuted by class name"
+    )
+    evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs)")
+    evaluate.add_argument("--corruptions", nargs="+", help="only these corruptions (a subset gives a partial mCE)")
+    evaluate.add_argument("--severities", nargs="+", type=int, help="only these severities, 1-5")
+    evaluate.add_argument("--token", help="Hub token for gated benchmarks (default: the logged-in one)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device")
+    evaluate.add_argument("--device", help="cpu, cuda, ... (default: this process's GPU if any)")
     evaluate.add_argument("--output-dir", default="robustness-report")
     evaluate.set_defaults(run=_evaluate)
 

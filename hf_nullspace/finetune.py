@@ -116,6 +116,41 @@ class DataTrainingArguments:
     robustness_max_samples: int | None = field(
         default=None, metadata={"help": "Images per robustness benchmark (a quick subset)."}
     )
+    robustness_paths: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Local copies of robustness benchmarks as BENCHMARK=PATH ... (e.g. imagenet-v2=/data/v2 "
+            "imagenet-c=/data/imagenet-c); checked with every other source before training starts.",
+            "nargs": "+",
+        },
+    )
+    robustness_sample_caps: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Images per evaluation as KEY=N ... (KEY: evaluation name, attack, source or group: clean, "
+            "attack, corruption, shift; N or `all`), e.g. attack=5000 corruption=all. Overrides "
+            "--robustness_max_samples for the matching evaluations; stated on the card.",
+            "nargs": "+",
+        },
+    )
+    robustness_corruptions: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Only these ImageNet-C corruptions (default: the suite's own; a subset gives a partial mCE).",
+            "nargs": "+",
+        },
+    )
+    robustness_severities: list[int] | None = field(
+        default=None,
+        metadata={"help": "Only these corruption severities, 1-5 (a subset gives a partial mCE).", "nargs": "+"},
+    )
+    robustness_remap_labels: bool = field(
+        default=False,
+        metadata={"help": "Score a model whose class names are a permutation of the data's by name (else refused)."},
+    )
+    robustness_bf16: bool = field(
+        default=False, metadata={"help": "Run the robustness evaluation under bfloat16 autocast (GPUs)."}
+    )
 
 
 def parse_args(argv: list[str] | None = None):
@@ -263,6 +298,52 @@ def robustness_data(data_args):
     )
 
 
+def parse_pairs(entries: list[str] | None, what: str, as_int: bool = False) -> dict:
+    """`["a=1", "b=all"]` -> `{"a": "1", "b": "all"}` (ints, `all` -> `None`, with `as_int`)."""
+    pairs = {}
+    for entry in entries or []:
+        key, sep, value = entry.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{what} takes KEY=VALUE entries; got {entry!r}.")
+        if as_int:
+            if value.lower() in ("all", "none"):
+                value = None
+            elif value.isdigit() and int(value) > 0:
+                value = int(value)
+            else:
+                raise ValueError(f"{what}: {entry!r} needs a positive number of images or `all`.")
+        pairs[key] = value
+    return pairs
+
+
+def robustness_suite(data_args):
+    """The `Suite` the job scores at the end (`None` without `--robustness_suite`)."""
+    if data_args.robustness_suite in (None, "none"):
+        return None
+    from .robustness import get_suite
+
+    paths = parse_pairs(data_args.robustness_paths, "--robustness_paths")
+    return get_suite(
+        data_args.robustness_suite,
+        data=robustness_data(data_args),
+        paths=paths,
+        corruptions=data_args.robustness_corruptions,
+        severities=data_args.robustness_severities,
+    )
+
+
+def check_robustness_sources(suite, token=None, include_data: bool = True) -> dict:
+    """Resolves every source of `suite` (local layout or Hub repo) before any work; raises one error naming each
+    missing benchmark. `include_data=False` leaves out the clean data (the run's eval split, known only once
+    `build_trainer` has looked for it)."""
+    from .data.sources import resolve_sources
+
+    sources = suite.sources()
+    if not include_data:
+        sources.pop("data", None)
+    return resolve_sources(sources, token=token, suite_name=suite.name)
+
+
 def _shown(path: str) -> str:
     """Hub ids as they are; the bundled assets by their place in the package, not this machine's path; a relative
     local path with `./`, so the card never takes it for a Hub id."""
@@ -283,7 +364,31 @@ def main(argv: list[str] | None = None) -> dict:
     # the Trainer's own push uploads checkpoints and its generic card: this job pushes the finished run itself
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
+    # fail fast: every benchmark of the robustness suite is found before any data or model is loaded
+    suite = robustness_suite(data_args)
+    caps = parse_pairs(data_args.robustness_sample_caps, "--robustness_sample_caps", as_int=True)
+    if suite is not None:
+        from .robustness.evaluate import check_sample_caps
+
+        check_sample_caps(suite, caps)
+        check_robustness_sources(suite, token=model_args.token, include_data=False)
+
     trainer, counters = build_trainer(model_args, data_args, nullspace_args, training_args)
+    if suite is not None:
+        # the eval split is known now: the clean data and every model's labels are checked before training
+        from .robustness.evaluate import check_models
+
+        suite = robustness_suite(data_args)
+        resolved = check_robustness_sources(suite, token=model_args.token)
+        base_config = transformers.AutoConfig.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token
+        )
+        check_models(
+            suite.sources(),
+            {"base": base_config, "finetuned": trainer.model.config},
+            resolved,
+            remap=data_args.robustness_remap_labels,
+        )
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None:
         checkpoint = last_complete_checkpoint(training_args.output_dir)
@@ -303,6 +408,24 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.log_metrics("eval", metrics["eval"])
         trainer.save_metrics("eval", metrics["eval"])
     metrics["skipped_rows"] = {split: counter.as_dict() for split, counter in counters.items()}
+    report = None
+    if suite is not None:  # every process scores its share; all get the merged report
+        from .robustness import evaluate_robustness
+
+        report = evaluate_robustness(
+            {"base": model_args.model_name_or_path, "finetuned": trainer.accelerator.unwrap_model(trainer.model)},
+            image_processor=trainer.processing_class,
+            suite=suite,
+            max_samples=data_args.robustness_max_samples,
+            sample_caps=caps,
+            batch_size=training_args.per_device_eval_batch_size,
+            seed=training_args.seed,
+            device=training_args.device,
+            token=model_args.token,
+            remap_labels=data_args.robustness_remap_labels,
+            bf16=data_args.robustness_bf16,
+            progress=not training_args.disable_tqdm,
+        )
     if not trainer.is_world_process_zero():
         return metrics
 
@@ -327,19 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
         **({"license": model_args.license} if model_args.license else {}),
         **metrics,
     )
-    if data_args.robustness_suite not in (None, "none"):
-        from .robustness import evaluate_robustness
-
-        report = evaluate_robustness(
-            {"base": model_args.model_name_or_path, "finetuned": trainer.accelerator.unwrap_model(trainer.model)},
-            image_processor=trainer.processing_class,
-            suite=data_args.robustness_suite,
-            data=robustness_data(data_args),
-            max_samples=data_args.robustness_max_samples,
-            batch_size=training_args.per_device_eval_batch_size,
-            seed=training_args.seed,
-            token=model_args.token,
-        )
+    if report is not None:
         figures = report.save(output_dir)
         robustness = report.to_dict()
         for entry in robustness["models"]:

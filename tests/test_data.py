@@ -185,9 +185,8 @@ def test_transforms_from_image_processor():
     from transformers import BitImageProcessorPil, ViTImageProcessorPil
 
     train, evaluation = transforms_from_image_processor(ViTImageProcessorPil(), flip=False)
-    assert (
-        train.size == evaluation.size == (224, 224) and not train.flip and evaluation.crop_pct == 1.0
-    )  # ViT only resizes: no crop
+    assert train.size == evaluation.size == (224, 224) and not train.flip
+    assert evaluation.resize_to == (224, 224)  # ViT squashes to 224x224: no crop
     assert torch.allclose(evaluation.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
     train, evaluation = transforms_from_image_processor(ViTImageProcessorPil(), normalize=False)
     assert train.mean is None and evaluation.mean is None
@@ -195,6 +194,46 @@ def test_transforms_from_image_processor():
     train, evaluation = transforms_from_image_processor(processor)
     assert evaluation.size == (32, 32) and evaluation.crop_pct == pytest.approx(0.8)
     assert evaluation(_noise()).shape == (3, 32, 32)
+    # the torchvision recipe on request
+    _, recipe = transforms_from_image_processor(ViTImageProcessorPil(), crop_pct=0.875)
+    assert recipe.resize_to is None and recipe.crop_pct == 0.875
+
+
+@pytest.mark.parametrize("name", ["ViT", "DeiT", "Beit", "Bit", "ConvNext", "ConvNext-384"])
+def test_eval_transform_equals_the_models_own_processor(name):
+    """Clean evaluation follows the processor: ViT/BEiT squash, DeiT squashes then crops, BiT resizes the shorter
+    side then crops, ConvNeXt applies its crop_pct rule; pixel for pixel on non-square images."""
+    import transformers
+
+    kwargs = {"ConvNext": {"size": {"shortest_edge": 224}}}.get(name, {})
+    processor = getattr(transformers, f"{name.split('-')[0]}ImageProcessorPil")(**kwargs)
+    _, evaluation = transforms_from_image_processor(processor)
+    for width, height in ((211, 150), (200, 301), (333, 97)):
+        image = _noise(width, height, seed=width)
+        expected = processor(image, return_tensors="pt").pixel_values[0]
+        assert torch.allclose(evaluation(image), expected, atol=1e-6), (name, width, height)
+
+
+def test_precropped_benchmarks_are_not_resized_again():
+    from transformers import BitImageProcessorPil
+
+    from hf_nullspace.data.transforms import precropped_transform
+
+    # a resize-then-crop processor (shorter side 256, crop 224) would crop a 224x224 ImageNet-C image to its centre
+    # 196 pixels and enlarge them; the benchmark was cropped already, so it is evaluated as stored
+    _, evaluation = transforms_from_image_processor(
+        BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}), normalize=False
+    )
+    stored = _noise(224, 224)
+    as_stored = torch.from_numpy(np.asarray(stored).copy()).permute(2, 0, 1).float() / 255
+    assert not torch.allclose(evaluation(stored), as_stored)
+    assert torch.equal(precropped_transform(evaluation)(stored), as_stored)
+    # a model of another size gets one resize, straight to its input size
+    _, small = transforms_from_image_processor(
+        BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), normalize=False
+    )
+    resized = np.asarray(stored.resize((32, 32), Image.Resampling.BICUBIC))
+    assert torch.equal(precropped_transform(small)(stored), torch.from_numpy(resized.copy()).permute(2, 0, 1) / 255)
 
 
 # ---------------------------------------------------------------- loading

@@ -51,3 +51,59 @@ def test_evaluate_module_loads_offline_and_matches():
     assert out["accuracy"] == 0.75
     assert out["accuracy_per_group"] == {"fog/1": 1.0, "fog/2": 0.5}
     assert out["mce"] == pytest.approx(mean_corruption_error({"fog": [0.0, 0.5]}))
+
+
+# ---------------------------------------------------------------- aggregate rows of a report
+
+
+def _report(corruptions, severities=(1, 2, 3, 4, 5), shift=True):
+    from hf_nullspace.data import get_benchmark
+    from hf_nullspace.robustness import get_suite
+    from hf_nullspace.robustness.report import RobustnessReport
+
+    paths = {"stylized-imagenet": "/s", "damagenet": "/d"} if shift else {}
+    suite = get_suite("imagenet", paths=paths, corruptions=corruptions, severities=severities)
+    sources = {name: spec for name, spec in suite.sources().items()}
+    report = RobustnessReport("imagenet", {"base": "b", "finetuned": "f"})
+    for name, correct in (("base", 40), ("finetuned", 60)):
+        for evaluation in suite.evaluations:
+            spec = sources[evaluation.source] if evaluation.source != "data" else get_benchmark("imagenet")
+            report.add(name, evaluation, spec, correct, {"seen": 100, "kept": 100, "counts": {}})
+    report.finalize()
+    return {(r["benchmark"], r["metric"]): r for r in report.to_dict()["models"][1]["results"]}
+
+
+def test_aggregates_say_what_they_aggregate():
+    from hf_nullspace.data.registry import IMAGENET_C_REPO, IMAGENET_C_REVISION
+
+    rows = _report(None)
+    mce = rows[("imagenet-c", "mce")]
+    assert mce["dataset_type"] == IMAGENET_C_REPO and mce["dataset_revision"] == IMAGENET_C_REVISION
+    assert mce["dataset_name"] == "ImageNet-C (15 corruptions x 1-5 severities)"
+    assert mce["dataset_config"] is None and mce["dataset_split"] is None and mce["num_samples"] == 7500
+    assert mce["value"] == pytest.approx(mean_corruption_error({c: [0.4] * 5 for c in ALEXNET_ERR}) / 100)
+    fog = rows[("imagenet-c/fog", "accuracy")]
+    assert fog["dataset_config"] == "fog" and fog["dataset_name"] == "ImageNet-C fog, mean over severities 1-5"
+    assert fog["dataset_split"] == "severity_1, severity_2, severity_3, severity_4, severity_5"
+    average = rows[("average", "average")]
+    assert average["dataset_type"] == "paper-average" and "11 columns" in average["dataset_name"]
+    assert average["dataset_split"] is None and average["value"] == pytest.approx(
+        (10 * 0.6 + 1 - mce["value"]) / 11
+    )
+    # the attacks' settings are in every row that the card and the model-index show
+    assert rows[("cw", "accuracy")]["params"] == {
+        "c": 1.0, "kappa": 0.0, "steps": 100, "lr": 0.01, "binary_search_steps": 1, "abort_early": True,
+    }  # fmt: skip
+    assert rows[("patchfool", "accuracy")]["params"]["steps"] == 250
+    assert rows[("fgsm@0.00392157", "accuracy")]["params"] == {"epsilon": 1 / 255}
+    assert rows[("clean", "accuracy")]["dataset_type"] == "ILSVRC/imagenet-1k"
+
+
+def test_a_subset_of_corruptions_gives_a_named_partial_mce_and_no_average():
+    rows = _report(["fog", "snow"], severities=(1, 5))
+    assert ("imagenet-c", "mce") not in rows and ("average", "average") not in rows
+    partial = rows[("imagenet-c-partial", "partial_mce")]
+    assert partial["dataset_name"].startswith("ImageNet-C, partial: 2 corruptions x 1, 5 severities of 15 x 5")
+    assert partial["params"]["missing"][:2] == ["gaussian_noise", "shot_noise"]
+    assert partial["params"]["severities"] == {"snow": [1, 5], "fog": [1, 5]}
+    assert rows[("imagenet-c", "accuracy")]["value"] == pytest.approx(0.6)

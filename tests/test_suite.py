@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_vit
-from datasets import Dataset, Features, Image, Value
+from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
@@ -17,7 +17,7 @@ from hf_nullspace.robustness import Evaluation, Suite, evaluate_robustness, get_
 PROCESSOR = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def write_images(path, num=24, num_classes=10, corrupt_rows=()):
+def write_images(path, num=24, num_classes=10, corrupt_rows=(), class_names=None):
     rng = np.random.default_rng(0)
     images, labels = [], []
     for i in range(num):
@@ -26,7 +26,8 @@ def write_images(path, num=24, num_classes=10, corrupt_rows=()):
         data = buffer.getvalue()
         images.append({"bytes": data[: len(data) // 3] if i in corrupt_rows else data, "path": None})
         labels.append(int(rng.integers(0, num_classes)))
-    features = Features({"image": Image(), "label": Value("int64")})
+    label = ClassLabel(names=class_names) if class_names else Value("int64")
+    features = Features({"image": Image(), "label": label})
     os.makedirs(path, exist_ok=True)
     Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
         os.path.join(path, "test.parquet")
@@ -86,8 +87,10 @@ def test_attack_and_corruption_rows_are_deterministic_and_complete(tmp_path):
 
 def test_label_space_mismatch_and_unknown_suite_fail_before_any_work(tmp_path):
     model = make_tiny_vit().eval()
-    with pytest.raises(ValueError, match="10 labels cannot be scored on 'imagenet'"):
-        evaluate_robustness(model, PROCESSOR, suite="imagenet", progress=False)
+    data = write_images(tmp_path / "data", num=4, num_classes=200)
+    suite = Suite("v2", [Evaluation("imagenet-v2", source="imagenet-v2")], paths={"imagenet-v2": data})
+    with pytest.raises(ValueError, match="10 labels cannot be scored on 'imagenet-v2'"):
+        evaluate_robustness(model, PROCESSOR, suite=suite, progress=False)
     with pytest.raises(ValueError, match="Valid suites: mnist, imagenet, attacks, corruptions, shift"):
         evaluate_robustness(model, PROCESSOR, suite="imagenet-x", progress=False)
 

@@ -80,6 +80,9 @@ class BenchmarkSpec:
         path (`str`, *optional*): Local folder or files that replace the Hub source.
         display_name (`str`, *optional*): Human name for model cards.
         source_hint (`str`, *optional*): Where to get the data, shown when a local-only benchmark has no path.
+        image_size (`int`, *optional*): The size the images are stored at when the benchmark was made already resized
+            and centre-cropped (ImageNet-C, DAmageNet, Stylized-ImageNet: 224): they are evaluated at that size
+            without a second resize and crop (see `transforms.precropped_transform`).
     """
 
     name: str
@@ -98,6 +101,7 @@ class BenchmarkSpec:
     path: str | None = None
     display_name: str | None = None
     source_hint: str | None = None
+    image_size: int | None = None
 
     def dataset_card_info(self) -> dict:
         """Dataset fields of a model-index entry: `type` (the Hub repo, or the benchmark name for local data),
@@ -123,14 +127,17 @@ def _imagenet_c_specs() -> dict[str, BenchmarkSpec]:
             label_column="label",
             revision=IMAGENET_C_REVISION,
             display_name=f"ImageNet-C {corruption} severity {severity}",
+            image_size=224,
         )
         for corruption in IMAGENET_C_CORRUPTIONS
         for severity in IMAGENET_C_SEVERITIES
     }
 
 
-def _local_spec(name: str, display_name: str, hint: str) -> BenchmarkSpec:
-    return BenchmarkSpec(name=name, local_only=True, display_name=display_name, source_hint=hint)
+def _local_spec(name: str, display_name: str, hint: str, image_size: int | None = None) -> BenchmarkSpec:
+    return BenchmarkSpec(
+        name=name, local_only=True, display_name=display_name, source_hint=hint, image_size=image_size
+    )
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -190,11 +197,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         "stylized-imagenet",
         "Stylized-ImageNet validation",
         "generate it with github.com/rgeirhos/Stylized-ImageNet; an imagefolder of the 1000 <wnid>/ folders",
+        image_size=224,
     ),
     "damagenet": _local_spec(
         "damagenet",
         "DAmageNet",
         "download it from github.com/Sizhe-Chen/DAmageNet; an imagefolder or parquet with labels 0..999",
+        image_size=224,
     ),
 }
 
@@ -336,6 +345,89 @@ def load_benchmark(spec: BenchmarkSpec, streaming: bool = True, token: str | boo
     )
 
 
+def label_names_of(spec: BenchmarkSpec, class_names: Sequence[str] | None) -> list[str] | None:
+    """The names of the labels a benchmark yields (for aligning them with a model's `id2label`), or `None`.
+
+    ImageNet-A/R yield their 200 WordNet ids whatever the copy; otherwise the data's own class names (a `ClassLabel`,
+    imagefolder folders), unless they are numbers (ImageNetV2's folders) or the labels are mapped by a function.
+    """
+    if spec.label_space in _SUBSET_WNIDS:
+        return list(_SUBSET_WNIDS[spec.label_space])
+    if spec.label_fn or not class_names or all(str(name).isdigit() for name in class_names):
+        return None
+    if spec.num_classes is not None and len(class_names) != spec.num_classes:
+        return None
+    return [str(name) for name in class_names]
+
+
+@dataclasses.dataclass
+class OpenedBenchmark:
+    """A benchmark's split opened for reading, images not decoded yet (see `open_benchmark`).
+
+    Args:
+        spec (`BenchmarkSpec`): What was opened.
+        rows (`IterableDataset`): The raw rows; image columns are `datasets.Image(decode=False)` cells.
+        image_columns (`list[str]`): Image columns present, in order of preference.
+        label_column (`str`): The label column.
+        label_fn (`Callable`, *optional*): Maps a label cell to the benchmark's label space.
+        label_names (`list[str]`, *optional*): Names of the labels yielded (see `label_names_of`).
+        num_rows (`int`, *optional*): Rows of the split, when known without reading it.
+    """
+
+    spec: BenchmarkSpec
+    rows: object
+    image_columns: list[str]
+    label_column: str
+    label_fn: Callable | None
+    label_names: list[str] | None
+    num_rows: int | None
+
+
+def open_benchmark(
+    spec: BenchmarkSpec, streaming: bool = True, token: str | bool | None = None, num_rows: int | None = None
+) -> OpenedBenchmark:
+    """Opens a benchmark's split: finds its image and label columns and the mapping of its labels, and casts the
+    image columns to undecoded cells, so that rows can be checked, selected and decoded one by one (`read_row`).
+
+    Args:
+        spec (`BenchmarkSpec`): From `get_benchmark`.
+        streaming (`bool`, *optional*, defaults to `True`): Stream instead of downloading the whole split.
+        token (`str` or `bool`, *optional*): Hub token for gated repos.
+        num_rows (`int`, *optional*): Rows of the split if known already (e.g. from `sources.resolve_sources`).
+    """
+    import datasets
+
+    dataset = load_benchmark(spec, streaming=streaming, token=token)
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise ValueError(f"{spec.name}: expected one split, got {list(dataset)}; set the spec's split.")
+    if isinstance(dataset, Dataset):
+        num_rows = dataset.num_rows if num_rows is None else num_rows
+        dataset = dataset.to_iterable_dataset()
+    if dataset.features is None:
+        dataset = dataset._resolve_features()
+    if num_rows is None:
+        splits = getattr(dataset.info, "splits", None) or {}
+        split_info = splits.get(spec.split) if spec.split else None
+        num_rows = getattr(split_info, "num_examples", None) or None
+    columns = list(dataset.column_names or dataset.features)
+    image_columns = [column for column in spec.image_columns if column in columns]
+    if not image_columns:
+        raise ValueError(f"{spec.name}: none of the image columns {spec.image_columns} is there; columns: {columns}.")
+    _, label_column = find_columns(columns, image_columns[0], spec.label_column)
+    label_fn = LABEL_FNS[spec.label_fn] if spec.label_fn else None
+    features = dataset.features or {}
+    class_names = None
+    if isinstance(features.get(label_column), ClassLabel):
+        class_names = list(features[label_column].names)
+        if label_fn is None:
+            label_fn = _class_label_fn(class_names, spec)
+    for column in image_columns:
+        if isinstance(features.get(column), datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    names = label_names_of(spec, class_names if label_fn is None or spec.label_space in _SUBSET_WNIDS else None)
+    return OpenedBenchmark(spec, dataset, image_columns, label_column, label_fn, names, num_rows)
+
+
 def iter_benchmark(
     spec: BenchmarkSpec,
     transform: Callable,
@@ -358,28 +450,15 @@ def iter_benchmark(
         counter (`SkipCounter`, *optional*): Receives the skip counts (a new one by default).
         token (`str` or `bool`, *optional*): Hub token for gated repos.
     """
-    dataset = load_benchmark(spec, streaming=streaming, token=token)
-    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
-        raise ValueError(f"{spec.name}: expected one split, got {list(dataset)}; set the spec's split.")
-    columns = list(dataset.column_names or dataset._resolve_features().column_names)
-    image_columns = [column for column in spec.image_columns if column in columns]
-    if not image_columns:
-        raise ValueError(f"{spec.name}: none of the image columns {spec.image_columns} is there; columns: {columns}.")
-    _, label_column = find_columns(columns, image_columns[0], spec.label_column)
-    label_fn = LABEL_FNS[spec.label_fn] if spec.label_fn else None
-    features = dataset.features or {}
-    if label_fn is None and isinstance(features.get(label_column), ClassLabel):
-        label_fn = _class_label_fn(features[label_column].names, spec)
-    if isinstance(dataset, Dataset):
-        dataset = dataset.to_iterable_dataset()
+    opened = open_benchmark(spec, streaming=streaming, token=token)
     prepared = prepare_dataset(
-        dataset,
+        opened.rows,
         transform,
-        image_columns,
-        label_column,
+        opened.image_columns,
+        opened.label_column,
         spec.num_classes,
         counter=counter,
-        label_fn=label_fn,
+        label_fn=opened.label_fn,
         batch_size=batch_size,
     )
     if max_samples is not None:

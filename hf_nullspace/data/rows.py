@@ -136,6 +136,47 @@ def _first_present(row_images: Sequence) -> object | None:
     return next((value for value in row_images if value is not None), None)
 
 
+def read_row(
+    image_values: Sequence, raw_label, num_labels: int | None, label_fn: Callable | None = None
+) -> tuple[Image.Image | None, int | None, str | None, str | None]:
+    """Checks and decodes one row; the per-row step of `prepare_batch`.
+
+    Args:
+        image_values (`Sequence`): The row's cells of the image columns; the first non-empty one is used.
+        raw_label: The label cell.
+        num_labels (`int`, *optional*): Labels must lie in `[0, num_labels)`; not checked when `None`.
+        label_fn (`Callable`, *optional*): Maps the label cell to an int; `KeyError`/`ValueError` count as
+            `unmapped_label`.
+
+    Returns:
+        `(image, label, skip_kind, converted_mode)`: the RGB image and int label of a good row (with the mode it was
+        converted from, if not RGB), or `(None, None, kind, None)` with the `SKIP_KINDS` entry of a bad one.
+    """
+    label = raw_label
+    if label is not None and label_fn is not None:
+        try:
+            label = label_fn(raw_label)
+        except (KeyError, ValueError):
+            return None, None, "unmapped_label", None
+    if label is None:
+        return None, None, "missing_label", None
+    if num_labels is not None and not 0 <= int(label) < num_labels:
+        return None, None, "label_out_of_range", None
+    value = _first_present(image_values)
+    if value is None or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
+        return None, None, "missing_image", None
+    try:
+        image = decode_image(value)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None, None, "corrupt_image", None
+    mode = image.mode
+    try:
+        image = to_rgb(image)
+    except ValueError:
+        return None, None, "unsupported_mode", None
+    return image, int(label), None, None if mode == "RGB" else mode
+
+
 def prepare_batch(
     batch: dict[str, list],
     transform: Callable[[Image.Image], torch.Tensor],
@@ -167,40 +208,16 @@ def prepare_batch(
     image_columns = [image_column] if isinstance(image_column, str) else list(image_column)
     pixel_values, labels = [], []
     for index, raw_label in enumerate(batch[label_column]):
-        label = raw_label
-        if label is not None and label_fn is not None:
-            try:
-                label = label_fn(raw_label)
-            except (KeyError, ValueError):
-                counter.record("unmapped_label")
-                continue
-        if label is None:
-            counter.record("missing_label")
+        values = [batch[column][index] for column in image_columns]
+        image, label, kind, converted = read_row(values, raw_label, num_labels, label_fn)
+        counter.record(kind, converted_mode=converted)
+        if kind is not None:
             continue
-        if num_labels is not None and not 0 <= int(label) < num_labels:
-            counter.record("label_out_of_range")
-            continue
-        value = _first_present([batch[column][index] for column in image_columns])
-        if value is None or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
-            counter.record("missing_image")
-            continue
-        try:
-            image = decode_image(value)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            counter.record("corrupt_image")
-            continue
-        mode = image.mode
-        try:
-            image = to_rgb(image)
-        except ValueError:
-            counter.record("unsupported_mode")
-            continue
-        counter.record(converted_mode=None if mode == "RGB" else mode)
         if key_column is not None and hasattr(transform, "rng_for"):
             pixel_values.append(transform(image, rng=transform.rng_for(batch[key_column][index])))
         else:
             pixel_values.append(transform(image))
-        labels.append(int(label))
+        labels.append(label)
     counter.check()
     return {"pixel_values": pixel_values, "labels": labels}
 

@@ -216,20 +216,28 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize the shorter side to `floor(size / crop_pct)`, then centre crop `size` (ImageNet's 256 -> 224).
+    """Resize, then centre crop `size`: by default the shorter side to `floor(size / crop_pct)` (ImageNet's
+    256 -> 224); with `resize_to`, a resize to exactly that `(height, width)`, aspect ratio not kept (what ViT's image
+    processor does, "squash").
 
     Args:
         size (`int` or `tuple[int, int]`):
             Output size, an int for a square or `(height, width)`.
         crop_pct (`float`, *optional*, defaults to `0.875`):
             Fraction of the resized image kept by the centre crop, in (0, 1]. `1.0` resizes the shorter side to the
-            output size and crops the longer one.
+            output size and crops the longer one. Not used with `resize_to`.
         image_mean (`Sequence[float]`, *optional*):
             Per-channel mean to normalise with. Without it, pixels stay in [0, 1].
         image_std (`Sequence[float]`, *optional*):
             Per-channel std to normalise with.
         resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BILINEAR`):
             PIL resampling filter.
+        resize_to (`tuple[int, int]`, *optional*):
+            Resize to exactly this `(height, width)` (no resize when the image has that size already), then centre
+            crop `size` (no crop when equal).
+        crop_rounding (`str`, *optional*, defaults to `"round"`):
+            How the crop offset `(resized - size) / 2` is rounded: `"round"` (torchvision's `CenterCrop`) or `"floor"`
+            (Hugging Face image processors).
     """
 
     def __init__(
@@ -239,16 +247,32 @@ class EvalTransform:
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         resample: int = Image.Resampling.BILINEAR,
+        resize_to: int | Sequence[int] | None = None,
+        crop_rounding: str = "round",
     ):
         if not 0 < crop_pct <= 1:
             raise ValueError(f"`crop_pct` must be in (0, 1], got {crop_pct}.")
+        if crop_rounding not in ("round", "floor"):
+            raise ValueError(f"`crop_rounding` must be 'round' or 'floor', got {crop_rounding!r}.")
         self.size = _pair(size)
         self.crop_pct = crop_pct
         self.resample = int(resample)
+        self.resize_to = None if resize_to is None else _pair(resize_to)
+        if self.resize_to is not None and (self.resize_to[0] < self.size[0] or self.resize_to[1] < self.size[1]):
+            raise ValueError(f"`resize_to` {self.resize_to} is smaller than the output size {self.size}.")
+        self.crop_rounding = crop_rounding
         self.mean, self.std = _normalisation(image_mean, image_std)
 
+    @property
+    def geometry(self) -> tuple:
+        """What decides the output pixels apart from normalisation (transforms with equal geometry agree)."""
+        return (self.size, self.crop_pct if self.resize_to is None else None, self.resize_to, self.resample,
+                self.crop_rounding)  # fmt: skip
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """The `(width, height)` after the resize step, computed as torchvision's `Resize(int)`."""
+        """The `(width, height)` after the resize step (torchvision's `Resize(int)`, or `resize_to`)."""
+        if self.resize_to is not None:
+            return self.resize_to[1], self.resize_to[0]
         short = math.floor(min(self.size) / self.crop_pct)
         if width <= height:
             return short, int(short * height / width)
@@ -268,10 +292,27 @@ class EvalTransform:
         if (new_w, new_h) != image.size:
             image = image.resize((new_w, new_h), self.resample)
         height, width = self.size
-        top = int(round((new_h - height) / 2.0))
-        left = int(round((new_w - width) / 2.0))
-        image = image.crop((left, top, left + width, top + height))
+        if self.crop_rounding == "floor":
+            top, left = (new_h - height) // 2, (new_w - width) // 2
+        else:
+            top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+        if (new_w, new_h) != (width, height):
+            image = image.crop((left, top, left + width, top + height))
         return _to_tensor(image, self.mean, self.std)
+
+
+def precropped_transform(transform: EvalTransform) -> EvalTransform:
+    """The eval transform for a benchmark stored already resized and centre-cropped to `image_size` (ImageNet-C,
+    DAmageNet, Stylized-ImageNet: 224x224): no second resize-and-crop. Images of the model's input size pass
+    unchanged; otherwise they are resized once, straight to the input size (the content is already framed)."""
+    return EvalTransform(
+        transform.size,
+        crop_pct=1.0,
+        resample=transform.resample,
+        resize_to=transform.size,
+        image_mean=None if transform.mean is None else transform.mean.flatten().tolist(),
+        image_std=None if transform.std is None else transform.std.flatten().tolist(),
+    )
 
 
 def _size_entry(size, key: str):
@@ -285,11 +326,19 @@ def _size_entry(size, key: str):
 def transforms_from_image_processor(
     processor, normalize: bool = True, flip: bool = True, crop_pct: float | None = None, seed: int | None = None
 ) -> tuple[TrainTransform, EvalTransform]:
-    """Builds the train and eval transforms matching an HF image processor's size and normalisation.
+    """Builds the train and eval transforms matching an HF image processor's size, geometry and normalisation.
 
-    The output size is the processor's `crop_size` when it centre crops, else `size` (`{"height", "width"}`, or a
-    square of `{"shortest_edge"}`). The eval `crop_pct` is, in order: the argument, the processor's `crop_pct`, the
-    ratio `crop_size / size` of a centre-cropping processor, or 1.0 (a processor that only resizes, as ViT's).
+    The output size is the processor's `crop_size` when it centre crops, else its `size`. The eval transform does
+    what the processor does:
+
+    - `size={"height", "width"}` (ViT, DeiT, BEiT): resize to exactly that size, aspect ratio not kept ("squash"),
+      then centre crop `crop_size` if the processor crops;
+    - `size={"shortest_edge"}` with `crop_pct` (ConvNeXt): below 384, the shorter side to `shortest_edge / crop_pct`
+      and a centre crop of `shortest_edge`; from 384, a squash to `shortest_edge`;
+    - `size={"shortest_edge"}` (BiT, CLIP-like): the shorter side to `shortest_edge`, then the centre crop.
+
+    Crop offsets are floored, as Hugging Face processors do. Passing `crop_pct` instead gives the torchvision
+    recipe `Resize(size / crop_pct)` + `CenterCrop(size)` whatever the processor does.
 
     Args:
         processor (`BaseImageProcessor`):
@@ -300,7 +349,7 @@ def transforms_from_image_processor(
         flip (`bool`, *optional*, defaults to `True`):
             Random horizontal flip in the train transform.
         crop_pct (`float`, *optional*):
-            Overrides the eval crop fraction.
+            Use the torchvision recipe with this crop fraction instead of the processor's geometry.
         seed (`int`, *optional*):
             Seed of the train transform's random source.
 
@@ -310,30 +359,41 @@ def transforms_from_image_processor(
     size = getattr(processor, "size", None)
     crop_size = getattr(processor, "crop_size", None)
     centre_crops = bool(getattr(processor, "do_center_crop", False)) and crop_size is not None
+    do_resize = getattr(processor, "do_resize", True) is not False
 
     def height_width(entry) -> tuple[int, int] | None:
         height, width = _size_entry(entry, "height"), _size_entry(entry, "width")
-        if height and width:
-            return int(height), int(width)
-        shortest = _size_entry(entry, "shortest_edge")
-        return (int(shortest), int(shortest)) if shortest else None
+        return (int(height), int(width)) if height and width else None
 
+    shortest = _size_entry(size, "shortest_edge")
+    exact = height_width(size)
     output = height_width(crop_size) if centre_crops else None
-    output = output or height_width(size)
+    output = output or exact or ((int(shortest), int(shortest)) if shortest else None)
     if output is None:
         raise ValueError(f"Cannot read an output size from the image processor's size={size!r}, crop={crop_size!r}.")
-    if crop_pct is None:
-        crop_pct = getattr(processor, "crop_pct", None)
-    if crop_pct is None and centre_crops:
-        resized = height_width(size)
-        crop_pct = min(1.0, min(output) / min(resized)) if resized else None
-    crop_pct = crop_pct or (0.875 if centre_crops else 1.0)
 
     mean = std = None
     if normalize and getattr(processor, "do_normalize", False):
         mean, std = processor.image_mean, processor.image_std
     resample = getattr(processor, "resample", None)
     resample = Image.Resampling.BILINEAR if resample is None else int(resample)
-    train = TrainTransform(output, flip=flip, image_mean=mean, image_std=std, resample=resample, seed=seed)
-    evaluation = EvalTransform(output, crop_pct=crop_pct, image_mean=mean, image_std=std, resample=resample)
+    common = dict(image_mean=mean, image_std=std, resample=resample)
+
+    if crop_pct is not None:
+        evaluation = EvalTransform(output, crop_pct=crop_pct, **common)
+    elif not do_resize:
+        evaluation = EvalTransform(output, crop_pct=1.0, crop_rounding="floor", **common)
+    elif exact is not None:
+        evaluation = EvalTransform(output, resize_to=exact, crop_rounding="floor", **common)
+    else:
+        processor_crop_pct = getattr(processor, "crop_pct", None)
+        if processor_crop_pct is not None and not centre_crops:  # ConvNeXt's rule
+            if shortest >= 384:
+                evaluation = EvalTransform(output, resize_to=output, crop_rounding="floor", **common)
+            else:
+                evaluation = EvalTransform(output, crop_pct=processor_crop_pct, crop_rounding="floor", **common)
+        else:
+            fraction = min(1.0, min(output) / int(shortest))
+            evaluation = EvalTransform(output, crop_pct=fraction, crop_rounding="floor", **common)
+    train = TrainTransform(output, flip=flip, seed=seed, **common)
     return train, evaluation

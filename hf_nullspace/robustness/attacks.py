@@ -5,7 +5,9 @@ Every attack is a plain batched function `attack(model, images, labels, ...)` wh
 logits (a [`PixelSpaceClassifier`], which holds the normalisation) and returns adversarial images in [0, 1]. Attacks
 run the model in eval mode with its parameters frozen (both restored afterwards), take gradients with respect to the
 input only, leave no parameter `.grad` behind and never touch the global random number generator: random starts draw
-from `generator`, which defaults to a fresh `torch.Generator` seeded with 0, so results are deterministic.
+from `generator`, which defaults to a fresh `torch.Generator` seeded with 0, so results are deterministic. A list of
+generators, one per image, draws each image's start from its own: an image then gets the same start whatever batch
+(or process) it is in, which is how `evaluate_robustness` seeds attacks (per example).
 """
 
 import math
@@ -29,10 +31,23 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError("images must lie in [0, 1] (normalisation belongs to the model, see `PixelSpaceClassifier`).")
 
 
-def _rand(shape: torch.Size, generator: torch.Generator, like: torch.Tensor, normal: bool = False) -> torch.Tensor:
-    """Uniform [0, 1) (or standard normal) noise drawn from `generator` on its device, moved to `like`'s device."""
+def _rand(
+    shape: torch.Size,
+    generator: torch.Generator | Sequence[torch.Generator],
+    like: torch.Tensor,
+    normal: bool = False,
+) -> torch.Tensor:
+    """Uniform [0, 1) (or standard normal) noise drawn from `generator` on its device, moved to `like`'s device.
+    With one generator per example (a sequence as long as `shape[0]`), example `i` is drawn from `generator[i]`."""
     sample = torch.randn if normal else torch.rand
-    return sample(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    if isinstance(generator, torch.Generator):
+        return sample(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: pass one per example.")
+    draws = [
+        sample(tuple(shape[1:]), generator=g, device=g.device, dtype=like.dtype).to(like.device) for g in generator
+    ]
+    return torch.stack(draws)
 
 
 def _input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,7 +94,7 @@ def pgd(
     steps: int,
     norm: str = "linf",
     random_start: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """
     Projected Gradient Descent (Madry et al., ICLR 2018) on the cross-entropy loss, L-inf or L2.
@@ -106,8 +121,9 @@ def pgd(
             `"linf"` or `"l2"`.
         random_start (`bool`, *optional*, defaults to `True`):
             Start from a random point of the budget instead of the clean image.
-        generator (`torch.Generator`, *optional*):
-            Source of the random start; defaults to a fresh generator seeded with 0.
+        generator (`torch.Generator` or a sequence of them, *optional*):
+            Source of the random start (one per example, or one for the batch); defaults to a fresh generator seeded
+            with 0.
 
     Returns:
         `torch.Tensor`: adversarial images in [0, 1].
@@ -254,7 +270,7 @@ def patch_fool(
     attention_weight: float = 0.002,
     selection_layer: int | None = 4,
     attention_layers: Sequence[int] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """
     Patch-Fool (Fu et al., ICLR 2022, "Patch-Fool: Are Vision Transformers Always Robust Against Adversarial
@@ -302,8 +318,9 @@ def patch_fool(
         attention_layers (`Sequence[int]`, *optional*):
             Layers of the attention-aware loss; defaults to `1 .. L // 2 - 1` (empty for models with fewer than
             4 layers).
-        generator (`torch.Generator`, *optional*):
-            Source of the random initialisation; defaults to a fresh generator seeded with 0.
+        generator (`torch.Generator` or a sequence of them, *optional*):
+            Source of the random initialisation (one per example, or one for the batch); defaults to a fresh
+            generator seeded with 0.
 
     Returns:
         `torch.Tensor`: adversarial images in [0, 1], equal to `images` outside the selected patches.

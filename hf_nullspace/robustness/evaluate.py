@@ -1,22 +1,47 @@
-"""`evaluate_robustness`: one call scores one model or several side by side on a suite.
+"""`evaluate_robustness`: one call scores one model or several side by side on a suite, on one process or many.
 
-Every source is streamed once and every model is scored on each batch as it passes (top-1 hits counted per
-evaluation), so memory stays flat whatever the size.
+Before any work, every source of the suite is resolved (local layout or Hub repo, `data.sources.resolve_sources`)
+and every model's labels are checked against every source (label space, and class names when both sides have them,
+`check_models`); one error names everything that is missing or wrong.
+
+Every source is streamed once; each row is decoded once and every model is scored on it as it passes (top-1 hits
+counted per evaluation), so memory stays flat whatever the size. An evaluation reads its own subset of a source's
+rows (all of them, or `max_samples` of them: evenly spaced when the number of rows is known, else the first ones)
+in batches of `batch_size` consecutive subset rows. Under `torch.distributed` (`accelerate launch`, `torchrun`),
+batch `k` of an evaluation is scored by process `k % world_size`; the hits are summed over processes after each
+source, so every process returns the same report, equal to the one-process report: attacks draw their random starts
+per example (from the seed and the row's index) and on-the-fly corruptions per batch (from the seed and the batch's
+number), never from the process.
 """
 
-from collections import defaultdict
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
 from collections.abc import Mapping
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import SkipCounter, check_label_space, iter_benchmark, transforms_from_image_processor
+from ..data import SkipCounter, check_label_space, transforms_from_image_processor
+from ..data.labels import LabelOrderError, align_labels, model_label_names
+from ..data.registry import label_names_of, open_benchmark
+from ..data.rows import SKIP_KINDS, read_row
+from ..data.sources import resolve_sources
+from ..data.transforms import precropped_transform
 from .attacks import run_attack
 from .corruptions import corrupt
 from .model import PixelSpaceClassifier
 from .report import RobustnessReport
 from .suites import Evaluation, Suite, get_suite
+
+logger = logging.getLogger(__name__)
+
+# attacks whose random start `evaluate_robustness` seeds per example
+_SEEDED_ATTACKS = ("pgd", "pgd_l2", "patchfool")
 
 
 def _load(model_or_path, processor, token):
@@ -33,6 +58,14 @@ def _load(model_or_path, processor, token):
     return model_or_path, processor, getattr(model_or_path, "name_or_path", "") or type(model_or_path).__name__
 
 
+def _config(model_or_path, token):
+    if isinstance(model_or_path, str):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_or_path, token=token)
+    return model_or_path.config
+
+
 def _named_models(models) -> dict:
     if isinstance(models, Mapping):
         return dict(models)
@@ -45,6 +78,134 @@ def _named_models(models) -> dict:
     return names
 
 
+def init_process_group(device: str | torch.device | None = None) -> bool:
+    """Joins the process group that `accelerate launch` or `torchrun` set up in the environment (`WORLD_SIZE` > 1),
+    with NCCL on GPUs (this process's `LOCAL_RANK`) and gloo on CPUs. Returns whether a group was created here (the
+    caller then destroys it at the end)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return False
+    if torch.distributed.is_initialized():
+        return False
+    cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def process_group() -> tuple[int, int]:
+    """`(rank, world_size)` of the initialised `torch.distributed` group, or `(0, 1)`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def label_plan(spec, config, data_names=None, remap: bool = False) -> list[int] | None:
+    """The logits a model with `config` scores `spec` on: the label-space check, refined by class names.
+
+    Returns:
+        `list[int]` or `None`: logit columns to keep, in the order of the data's labels, or `None` for all.
+
+    Raises:
+        `ValueError` (`LabelOrderError` for a permuted head): when the model cannot score the data as it is.
+    """
+    subset = check_label_space(spec, config.num_labels)
+    names = label_names_of(spec, data_names)
+    mapping = align_labels(model_label_names(config), names, remap=remap, what=spec.display_name or spec.name)
+    return mapping if mapping is not None else subset
+
+
+def check_models(sources: Mapping, configs: Mapping, resolved: Mapping | None = None, remap: bool = False) -> dict:
+    """Checks every model's labels against every source before any work (see `label_plan`).
+
+    Args:
+        sources (`Mapping[str, BenchmarkSpec]`): `Suite.sources()`.
+        configs (`Mapping[str, PretrainedConfig]`): Model name -> config.
+        resolved (`Mapping[str, ResolvedSource]`, *optional*): From `resolve_sources`; gives the data's class names.
+        remap (`bool`, *optional*): Score heads whose classes are a permutation of the data's by name.
+
+    Returns:
+        `dict`: `(model name, source) -> logit columns or None`.
+
+    Raises:
+        `ValueError`: one error listing every (model, source) pair that cannot be scored.
+    """
+    plans, problems = {}, []
+    for name, config in configs.items():
+        for source, spec in sources.items():
+            found = (resolved or {}).get(source)
+            try:
+                plans[(name, source)] = label_plan(spec, config, getattr(found, "class_names", None), remap)
+            except ValueError as error:
+                problems.append((name, source, error))
+    if problems:
+        kind = LabelOrderError if all(isinstance(e, LabelOrderError) for _, _, e in problems) else ValueError
+        lines = "\n".join(f"  - model {name!r} on {source!r}: {error}" for name, source, error in problems)
+        raise kind(f"The models' labels do not fit the suite's data (checked before any work):\n{lines}")
+    return plans
+
+
+def sample_cap(evaluation: Evaluation, caps: Mapping[str, int | None], default: int | None) -> int | None:
+    """The number of rows `evaluation` reads: `caps` keyed by evaluation name, attack, source, source group
+    (`imagenet-c`) or group (`clean`, `attack`, `corruption`, `shift`), first match wins, else `default`."""
+    group = evaluation.source.split("/", 1)[0]
+    for key in (evaluation.name, evaluation.attack, evaluation.source, group, evaluation.group):
+        if key is not None and key in caps:
+            return caps[key]
+    return default
+
+
+def check_sample_caps(suite: Suite, caps: Mapping) -> None:
+    """Raises before any work for sample-cap keys that match no evaluation of `suite`, or caps that are not counts."""
+    valid = set()
+    for e in suite.evaluations:
+        valid |= {e.name, e.source, e.source.split("/", 1)[0], e.group} | ({e.attack} if e.attack else set())
+    unknown = sorted(set(caps) - valid)
+    if unknown:
+        shown = sorted(k for k in valid if not k.startswith(("imagenet-c/", "corruption/")))
+        raise ValueError(f"Sample caps for {unknown} match nothing in suite {suite.name!r}; valid keys: {shown}.")
+    bad = {k: v for k, v in caps.items() if v is not None and (not isinstance(v, int) or v < 1)}
+    if bad:
+        raise ValueError(f"Sample caps must be positive integers (or None for all rows): {bad}.")
+
+
+class _Selection:
+    """Which rows of a source an evaluation reads: all, `cap` evenly spaced ones over `total`, or the first `cap`."""
+
+    def __init__(self, cap: int | None, total: int | None):
+        self.cap, self.total = cap, total
+        self.spaced = cap is not None and total is not None and cap < total
+
+    def __contains__(self, index: int) -> bool:
+        if self.cap is None:
+            return True
+        if self.spaced:
+            return ((index + 1) * self.cap) // self.total > (index * self.cap) // self.total
+        return index < self.cap
+
+    @property
+    def last(self) -> int | None:
+        """Rows to read for this selection (`None`: to the end)."""
+        if self.cap is None or self.spaced:
+            return None if self.cap is None else self.total
+        return self.cap
+
+    def describe(self) -> dict:
+        if self.cap is None:
+            return {}
+        if self.spaced:
+            return {"max_samples": self.cap, "selection": f"evenly spaced over the {self.total} rows"}
+        return {"max_samples": self.cap, "selection": "the first rows" + ("" if self.total else " (size unknown)")}
+
+
+def _example_seed(seed: int, index: int) -> int:
+    return (int(seed) * 0x100000000 + int(index) * 0x9E3779B1 + 0x5851F42D) % (2**63 - 1)
+
+
+def _stats():
+    return {"seen": 0, "kept": 0, "counts": Counter()}
+
+
 def evaluate_robustness(
     models,
     image_processor=None,
@@ -53,12 +214,17 @@ def evaluate_robustness(
     split: str | None = None,
     paths: Mapping[str, str] | None = None,
     max_samples: int | None = None,
+    sample_caps: Mapping[str, int | None] | None = None,
     batch_size: int = 64,
     seed: int = 0,
     device: str | torch.device | None = None,
     token: str | bool | None = None,
     max_skip_fraction: float = 0.01,
     progress: bool = True,
+    remap_labels: bool = False,
+    bf16: bool = False,
+    distributed: bool | None = None,
+    check_sources: bool = True,
 ) -> RobustnessReport:
     """
     Scores one model or several side by side on a robustness suite.
@@ -67,89 +233,209 @@ def evaluate_robustness(
         models (`nn.Module`, `str`, or a list or `{name: model}` dict of them):
             Image classifiers or Hub ids / local folders (loaded with `from_pretrained`).
         image_processor (`BaseImageProcessor`, *optional*):
-            Processor of in-memory models (their size and normalisation); loaded with the model for paths.
+            Processor of in-memory models (their size, geometry and normalisation); loaded with the model for paths.
+            Clean data is prepared as this processor prepares images; benchmarks stored pre-cropped (ImageNet-C,
+            DAmageNet, Stylized-ImageNet) are not resized and cropped a second time.
         suite (`str` or [`Suite`], *optional*, defaults to `"mnist"`):
             A suite name of `SUITES` or a `Suite`.
         data (`str` or `BenchmarkSpec`, *optional*), split (`str`, *optional*), paths (`Mapping`, *optional*):
             See [`get_suite`].
-        max_samples (`int`, *optional*): images per source (a quick subset).
-        batch_size (`int`, *optional*, defaults to 64): images per batch.
-        seed (`int`, *optional*, defaults to 0): seeds random starts and corruptions (deterministic reports).
-        device (`str` or `torch.device`, *optional*): where to run (CUDA when available by default).
+        max_samples (`int`, *optional*): rows per evaluation (a quick subset), unless `sample_caps` says otherwise.
+        sample_caps (`Mapping[str, int | None]`, *optional*): rows per evaluation by evaluation name, attack, source,
+            source group or group, e.g. `{"attack": 5000, "corruption": None}` (attacks on 5,000 images, corruptions
+            on all). A capped evaluation reads its rows evenly spaced over the source when its size is known (the
+            ImageNet validation set is sorted by class), else the first ones; the report states which.
+        batch_size (`int`, *optional*, defaults to 64): images per batch (per process).
+        seed (`int`, *optional*, defaults to 0): seeds random starts (per example) and corruptions (per batch).
+        device (`str` or `torch.device`, *optional*): where to run (CUDA when available by default; under
+            `torch.distributed`, this process's GPU).
         token (`str` or `bool`, *optional*): Hub token for gated benchmarks.
         max_skip_fraction (`float`, *optional*, defaults to 0.01): undecodable or mislabelled rows tolerated per
             source before failing; skipped rows are counted in the report.
-        progress (`bool`, *optional*, defaults to `True`): tqdm bars.
+        progress (`bool`, *optional*, defaults to `True`): tqdm bars (on the first process).
+        remap_labels (`bool`, *optional*, defaults to `False`): score a model whose class names are a permutation
+            of the data's by name, instead of refusing it.
+        bf16 (`bool`, *optional*, defaults to `False`): run models under bfloat16 autocast (meant for GPUs).
+        distributed (`bool`, *optional*): share the work among the processes of the initialised `torch.distributed`
+            group (the default when there is one); every process must call this function with the same arguments.
+        check_sources (`bool`, *optional*, defaults to `True`): resolve every source before any work.
 
     Returns:
         [`RobustnessReport`]: `to_dict()`, `to_markdown()`, `save(output_dir)` (JSON, Markdown, PNG figures).
+
+    Raises:
+        `MissingBenchmarksError`: before any work, naming every source that cannot be read and how to provide it.
+        `ValueError`: before any work, for models whose labels do not fit the data (`LabelOrderError` for a head
+            whose classes are permuted, without `remap_labels`).
     """
     suite = suite if isinstance(suite, Suite) else get_suite(suite, data=data, paths=paths, split=split)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = {name: _load(model, image_processor, token) for name, model in _named_models(models).items()}
+    caps = dict(sample_caps or {})
+    check_sample_caps(suite, caps)
     sources = suite.sources()
-    # every check before any work: label spaces of every model against every source
-    subsets = {
-        (name, source): check_label_space(spec, model.config.num_labels)
-        for name, (model, _, _) in loaded.items()
-        for source, spec in sources.items()
-    }
+    resolved = resolve_sources(sources, token=token, suite_name=suite.name) if check_sources else {}
+    named = _named_models(models)
+    configs = {name: _config(model, token) for name, model in named.items()}
+    plans = check_models(sources, configs, resolved, remap=remap_labels)
+
+    rank, world = process_group() if distributed is not False else (0, 1)
+    if device is None:
+        if torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+    device = torch.device(device)
+    if bf16 and device.type != "cuda":
+        logger.warning("bf16 autocast on %s: supported, but meant for GPUs (slow on most CPUs).", device)
+    loaded = {name: _load(model, image_processor, token) for name, model in named.items()}
+    for model, _, _ in loaded.values():
+        model.to(device).eval()
     by_source = defaultdict(list)
     for evaluation in suite.evaluations:
         by_source[evaluation.source].append(evaluation)
 
     report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
-    for model, _, _ in loaded.values():
-        model.to(device).eval()
     for source, evaluations in by_source.items():
         spec = sources[source]
-        # models sharing an input pipeline share one pass over the data
-        pipelines = defaultdict(list)
-        for name, (_, processor, _) in loaded.items():
-            _, transform = transforms_from_image_processor(processor, normalize=False)
-            pipelines[(transform.size, transform.crop_pct, transform.resample)].append(name)
-        for names in pipelines.values():
-            _, transform = transforms_from_image_processor(loaded[names[0]][1], normalize=False)
-            classifiers = {
-                name: PixelSpaceClassifier.from_image_processor(
-                    loaded[name][0], loaded[name][1], label_subset=subsets[(name, source)]
-                ).to(device)
-                for name in names
-            }
-            counter = SkipCounter(max_skip_fraction=max_skip_fraction)
-            correct = defaultdict(int)
-            seen = 0
-            batches = iter_benchmark(
-                spec, transform, batch_size, max_samples=max_samples, counter=counter, token=token
-            )
-            bar = tqdm(batches, desc=f"{suite.name}: {source}", unit="batch", disable=not progress)
-            for index, batch in enumerate(bar):
-                images, labels = batch["pixel_values"].to(device), batch["labels"].to(device)
-                seen += labels.numel()
-                for evaluation in evaluations:
-                    inputs = _corrupted(images, evaluation, seed + index)
-                    for name, classifier in classifiers.items():
-                        attacked = _attacked(classifier, inputs, labels, evaluation, seed + index)
-                        with torch.no_grad():
-                            correct[(name, evaluation.name)] += int((classifier(attacked).argmax(-1) == labels).sum())
-            counter.check()
-            for evaluation in evaluations:
-                for name in names:
-                    report.add(name, evaluation, spec, correct[(name, evaluation.name)], seen, counter.as_dict())
+        found = resolved.get(source)
+        opened = open_benchmark(spec, token=token, num_rows=getattr(found, "num_rows", None))
+        if opened.label_names is not None and getattr(found, "class_names", None) is None:
+            # the data's class names were not known before loading (a Hub source): check them now
+            names = {source: SimpleNamespace(class_names=opened.label_names)}
+            plans.update(check_models({source: spec}, {n: configs[n] for n in loaded}, names, remap_labels))
+        selections = {e.name: _Selection(sample_cap(e, caps, max_samples), opened.num_rows) for e in evaluations}
+        correct, stats = _score_source(
+            suite, source, spec, opened, evaluations, selections, loaded, plans, batch_size, seed, device, bf16,
+            rank, world, progress and rank == 0,
+        )  # fmt: skip
+        correct, stats = _merge(correct, stats, world)
+        _check_skips(spec, stats, max_skip_fraction)
+        for evaluation in evaluations:
+            sampling = selections[evaluation.name].describe()
+            for name in loaded:
+                report.add(name, evaluation, spec, correct[(name, evaluation.name)], stats[evaluation.name], sampling)
     report.finalize()
     return report
 
 
-def _corrupted(images: torch.Tensor, evaluation: Evaluation, seed: int) -> torch.Tensor:
-    if evaluation.corruption is None or evaluation.source != "data":
-        return images
-    return corrupt(images, evaluation.corruption, evaluation.severity, generator=seed)
+def _score_source(
+    suite, source, spec, opened, evaluations, selections, loaded, plans, batch_size, seed, device, bf16, rank, world,
+    progress,
+):  # fmt: skip
+    # models sharing an input pipeline share one transform of each decoded image
+    pipelines: dict[tuple, tuple] = {}
+    for name, (model, processor, _) in loaded.items():
+        _, transform = transforms_from_image_processor(processor, normalize=False)
+        if spec.image_size is not None:
+            transform = precropped_transform(transform)
+        entry = pipelines.setdefault(transform.geometry, (transform, {}))
+        entry[1][name] = PixelSpaceClassifier.from_image_processor(
+            model, processor, label_subset=plans[(name, source)]
+        ).to(device)
+
+    last = [selections[e.name].last for e in evaluations]
+    read_limit = None if any(limit is None for limit in last) else max(last)
+    positions = {e.name: 0 for e in evaluations}
+    buffers: dict[str, dict] = {e.name: {"batch": None, "rows": []} for e in evaluations}
+    correct: Counter = Counter()
+    stats = {e.name: _stats() for e in evaluations}
+
+    def flush(evaluation: Evaluation) -> None:
+        buffer = buffers[evaluation.name]
+        if buffer["rows"]:
+            _score_batch(evaluation, buffer["batch"], buffer["rows"], pipelines, correct, seed, device, bf16)
+        buffer["rows"] = []
+
+    rows = tqdm(opened.rows, desc=f"{suite.name}: {source}", unit="row", disable=not progress)
+    for index, row in enumerate(rows):
+        if read_limit is not None and index >= read_limit:
+            break
+        owned = []
+        for evaluation in evaluations:
+            if index in selections[evaluation.name]:
+                batch = positions[evaluation.name] // batch_size
+                positions[evaluation.name] += 1
+                if batch % world == rank:
+                    owned.append((evaluation, batch))
+        if not owned:
+            continue
+        image, label, kind, converted = read_row(
+            [row[column] for column in opened.image_columns], row[opened.label_column], spec.num_classes,
+            opened.label_fn,
+        )  # fmt: skip
+        tensors = {}
+        for evaluation, batch in owned:
+            record = stats[evaluation.name]
+            record["seen"] += 1
+            if kind is not None:
+                record["counts"][kind] += 1
+                continue
+            record["kept"] += 1
+            if converted is not None:
+                record["counts"][f"converted_{converted}"] += 1
+            buffer = buffers[evaluation.name]
+            if buffer["batch"] != batch:
+                flush(evaluation)
+                buffer["batch"] = batch
+            for geometry, (transform, _) in pipelines.items():
+                if geometry not in tensors:
+                    tensors[geometry] = transform(image)
+            buffer["rows"].append((dict(tensors), label, index))
+    for evaluation in evaluations:
+        flush(evaluation)
+    return correct, stats
 
 
-def _attacked(classifier, images: torch.Tensor, labels: torch.Tensor, evaluation: Evaluation, seed: int):
+def _score_batch(evaluation, batch, rows, pipelines, correct, seed, device, bf16) -> None:
+    labels = torch.tensor([label for _, label, _ in rows], dtype=torch.long, device=device)
+    indices = [index for _, _, index in rows]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    for geometry, (_, classifiers) in pipelines.items():
+        images = torch.stack([tensors[geometry] for tensors, _, _ in rows]).to(device)
+        if evaluation.corruption is not None and evaluation.source == "data":
+            images = corrupt(images, evaluation.corruption, evaluation.severity, generator=seed + batch)
+        for name, classifier in classifiers.items():
+            with autocast:
+                attacked = _attacked(classifier, images, labels, evaluation, seed, indices)
+                with torch.no_grad():
+                    hits = classifier(attacked).argmax(-1) == labels
+            correct[(name, evaluation.name)] += int(hits.sum())
+
+
+def _attacked(classifier, images: torch.Tensor, labels: torch.Tensor, evaluation: Evaluation, seed: int, indices):
     if evaluation.attack is None:
         return images
     params = evaluation.kwargs
-    if evaluation.attack.startswith("pgd"):
-        params.setdefault("generator", torch.Generator(device=images.device).manual_seed(seed))
+    if evaluation.attack in _SEEDED_ATTACKS:
+        params.setdefault("generator", [torch.Generator().manual_seed(_example_seed(seed, i)) for i in indices])
     return run_attack(evaluation.attack, classifier, images, labels, **params)
+
+
+def _merge(correct: Counter, stats: dict, world: int):
+    """Sums the hits and row counts of every process (each row of each evaluation was scored on exactly one)."""
+    if world == 1:
+        return correct, stats
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, (dict(correct), stats))
+    merged_correct: Counter = Counter()
+    merged_stats = {name: _stats() for name in stats}
+    for part_correct, part_stats in gathered:
+        merged_correct.update(part_correct)
+        for name, record in part_stats.items():
+            merged_stats[name]["seen"] += record["seen"]
+            merged_stats[name]["kept"] += record["kept"]
+            merged_stats[name]["counts"].update(record["counts"])
+    return merged_correct, merged_stats
+
+
+def _check_skips(spec, stats: dict, max_skip_fraction: float) -> None:
+    """The bad-row check of a source, on the merged counts (so every process raises together)."""
+    counter = SkipCounter(max_skip_fraction=max_skip_fraction)
+    widest = max(stats.values(), key=lambda record: record["seen"], default=None)
+    if widest is None:
+        return
+    counter.seen = widest["seen"]
+    counter.counts.update({kind: count for kind, count in widest["counts"].items() if kind in SKIP_KINDS})
+    try:
+        counter.check()
+    except Exception as error:
+        raise type(error)(f"{spec.name}: {error}") from error
