@@ -87,9 +87,7 @@ def test_aggregates_say_what_they_aggregate():
     assert fog["dataset_split"] == "severity_1, severity_2, severity_3, severity_4, severity_5"
     average = rows[("average", "average")]
     assert average["dataset_type"] == "paper-average" and "11 columns" in average["dataset_name"]
-    assert average["dataset_split"] is None and average["value"] == pytest.approx(
-        (10 * 0.6 + 1 - mce["value"]) / 11
-    )
+    assert average["dataset_split"] is None and average["value"] == pytest.approx((10 * 0.6 + 1 - mce["value"]) / 11)
     # the attacks' settings are in every row that the card and the model-index show
     assert rows[("cw", "accuracy")]["params"] == {
         "c": 1.0, "kappa": 0.0, "steps": 100, "lr": 0.01, "binary_search_steps": 1, "abort_early": True,

@@ -294,6 +294,7 @@ def evaluate_robustness(
         by_source[evaluation.source].append(evaluation)
 
     report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
+    report.num_processes = world
     for source, evaluations in by_source.items():
         spec = sources[source]
         found = resolved.get(source)

@@ -66,6 +66,7 @@ class RobustnessReport:
         self.rows: dict[str, list[dict]] = {name: [] for name in models}
         self.results: dict[str, list[dict]] = {}
         self.details: dict[str, list[dict]] = {}
+        self.num_processes = 1
 
     def add(self, model: str, evaluation, spec, correct: int, counts: dict, sampling: dict | None = None) -> None:
         """Records the top-1 accuracy of `model` on one evaluation.
@@ -242,9 +243,11 @@ class RobustnessReport:
         return paper_average(columns) / 100 if set(columns) == set(PAPER_AVERAGE_COLUMNS) else None
 
     def to_dict(self) -> dict:
-        """`{"suite", "models": [{"name", "path", "results", "details"}]}` (the schema `hub.build_model_card` reads)."""
+        """`{"suite", "num_processes", "models": [{"name", "path", "results", "details"}]}` (the schema
+        `card.build_model_card` reads); `num_processes` is how many processes shared the work."""
         return {
             "suite": self.suite,
+            "num_processes": self.num_processes,
             "models": [
                 {"name": n, "path": self.paths[n], "results": self.results[n], "details": self.details[n]}
                 for n in self.rows
