@@ -110,6 +110,9 @@ NOISE_MODES = {
     "nullspace": 'learned ε-approximate nullspace noise (`nullspace_mode="nullspace"`, the paper\'s method)',
     "random": 'the random baseline: Gaussian noise shrunk until inside ε (`nullspace_mode="random"`)',
     "none": 'no noise: the plain finetuning baseline (`nullspace_mode="none"`)',
+    "madry": 'no noise: the adversarial-training baseline CE(x) + CE(PGD(x)) (`nullspace_mode="madry"`, Madry et al.)',
+    "trades": 'no noise: the adversarial-training baseline CE(x) + β KL(f(x) ‖ f(x_adv)) (`nullspace_mode="trades"`, '
+    "Zhang et al.)",
 }
 FIGURE_TITLES = {
     "noise_norm": "Noise norm over training",
@@ -695,15 +698,17 @@ def build_model_card(
     eval_name = (results.get("eval_dataset") or {}).get("name")
     datasets += [eval_name] if _is_hub_id(eval_name) and eval_name not in datasets else []
 
+    lora = results.get("lora") or {}
+    adapter = bool(lora) and not lora.get("merged", False)
     card_data = ModelCardData(
         license=license,
         license_name=results.get("license_name") if license == UNKNOWN_LICENSE else None,
         license_link=results.get("license_link") if license == UNKNOWN_LICENSE else None,
         base_model=base_model if _is_hub_id(base_model) else None,
         datasets=datasets or None,
-        tags=list(dict.fromkeys(TAGS + list(results.get("tags") or []))),
+        tags=list(dict.fromkeys(TAGS + (["lora"] if adapter else []) + list(results.get("tags") or []))),
         pipeline_tag="image-classification",
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",  # a LoRA adapter (lora.py) loads with peft
         model_name=model_name,
         eval_results=eval_results or None,
         widget=_widget(results.get("examples") or [], repo_id, revision),
@@ -730,6 +735,7 @@ def build_model_card(
         license_name=results.get("license_name") if license == UNKNOWN_LICENSE else None,
         license_link=results.get("license_link") if license == UNKNOWN_LICENSE else None,
         paper_url=PAPER_URL,
+        adapter=adapter,
         noise_mode_description=NOISE_MODES.get(nullspace_args.get("nullspace_mode", "nullspace"), "unknown"),
         noise_summary=_noise_summary(results.get("noise_history") or []),
         nullspace_rows=[(_cell(key), _cell(value)) for key, value in nullspace_args.items()],

@@ -3,7 +3,7 @@
 import math
 from dataclasses import asdict, dataclass, field
 
-NULLSPACE_MODES = ("nullspace", "random", "norm_matched", "none")
+NULLSPACE_MODES = ("nullspace", "random", "norm_matched", "none", "madry", "trades")
 NOISE_OBJECTIVES = ("logit_mse", "log_norm")
 
 
@@ -20,7 +20,9 @@ class NullspaceArguments:
             `"nullspace"` trains on learned epsilon-approximate nullspace noise, `"random"` on the authors' random
             baseline (Gaussian noise shrunk until inside epsilon), `"norm_matched"` on a control that separates
             direction from magnitude (each refresh synthesises the learned noise, then trains on a Gaussian random
-            direction of exactly its norm), `"none"` trains plainly (the vanilla baseline).
+            direction of exactly its norm), `"none"` trains plainly (the vanilla baseline). `"madry"` and `"trades"`
+            are the adversarial-training baselines of the paper's Table 2 (no noise; `AdversarialArguments` in
+            `adversarial.py`).
         noise_epsilon (`float`, *optional*, defaults to `0.03`):
             Bound on the epsilon statistic: the batch mean of the squared L2 distance between the softmax outputs
             with and without noise. Synthesis stops at the first update where the statistic is below it.
@@ -77,7 +79,8 @@ class NullspaceArguments:
     """
 
     nullspace_mode: str = field(
-        default="nullspace", metadata={"help": f"Which noise to train on: one of {', '.join(NULLSPACE_MODES)}."}
+        default="nullspace",
+        metadata={"help": f"Which noise (or adversarial baseline) to train on: one of {', '.join(NULLSPACE_MODES)}."},
     )
     noise_epsilon: float = field(
         default=0.03,

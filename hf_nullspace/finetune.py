@@ -22,6 +22,7 @@ from transformers import (
     set_seed,
 )
 
+from .adversarial import AdversarialArguments
 from .classifier import load_classifier
 from .config import NullspaceArguments
 from .data import (
@@ -33,6 +34,7 @@ from .data import (
     transforms_from_image_processor,
 )
 from .data.bundled import ASSETS
+from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
 from .noise_bank import last_complete_checkpoint
 from .trainer import NullspaceTrainer
 
@@ -154,8 +156,20 @@ class DataTrainingArguments:
 
 
 def parse_args(argv: list[str] | None = None):
-    """Parses the four argument groups from `argv`, a single .json/.yaml file, or the embedded default."""
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, NullspaceArguments, TrainingArguments))
+    """
+    Parses the argument groups from `argv`, a single .json/.yaml file, or the embedded default: `(model, data,
+    nullspace, training, adversarial, lora)` arguments (`build_trainer(*parse_args(argv))` takes them all).
+    """
+    parser = HfArgumentParser(
+        (
+            ModelArguments,
+            DataTrainingArguments,
+            NullspaceArguments,
+            TrainingArguments,
+            AdversarialArguments,
+            LoraArguments,
+        )
+    )
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         logger.info("No arguments: running the embedded offline default (%s).", DEFAULT_RUN)
@@ -185,8 +199,12 @@ def _accuracy(eval_prediction) -> dict:
     return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
 
 
-def build_trainer(model_args, data_args, nullspace_args, training_args):
-    """Loads data, model and processor, checks them, and returns `(trainer, counters)` ready to train."""
+def build_trainer(model_args, data_args, nullspace_args, training_args, adversarial_args=None, lora_args=None):
+    """
+    Loads data, model and processor, checks them, and returns `(trainer, counters)` ready to train. With
+    `lora_args.use_lora` the model is wrapped in LoRA adapters (`lora.py`); `adversarial_args` configure modes
+    `madry` and `trades` (`adversarial.py`).
+    """
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError(
             "A streamed dataset has no length: pass --max_steps (the number of optimiser steps to train for)."
@@ -235,6 +253,8 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
         cache_dir=model_args.cache_dir,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
+    if lora_args is not None and lora_args.use_lora:
+        model = apply_lora(model, lora_args, base_model_name=_shown(model_args.model_name_or_path))
     processor = AutoImageProcessor.from_pretrained(
         model_args.image_processor_name or model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -279,6 +299,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args):
         processing_class=processor,
         compute_metrics=_accuracy,
         nullspace_args=nullspace_args,
+        adversarial_args=adversarial_args,
         callbacks=[AugmentationEpoch(train_transform)],
     )
     return trainer, counters
@@ -354,7 +375,7 @@ def _shown(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
-    model_args, data_args, nullspace_args, training_args = parse_args(argv)
+    model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
@@ -373,7 +394,9 @@ def main(argv: list[str] | None = None) -> dict:
         check_sample_caps(suite, caps)
         check_robustness_sources(suite, token=model_args.token, include_data=False)
 
-    trainer, counters = build_trainer(model_args, data_args, nullspace_args, training_args)
+    trainer, counters = build_trainer(
+        model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args
+    )
     if suite is not None:
         # the eval split is known now: the clean data and every model's labels are checked before training
         from .robustness.evaluate import check_models
@@ -398,6 +421,9 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if training_args.do_train or not training_args.do_eval:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if lora_args.merge_lora:  # the output folder (and the push) hold the merged plain model, not the adapter
+            trainer.run_info["lora"] = lora_summary(trainer.accelerator.unwrap_model(trainer.model), merged=True)
+            merge_into_trainer(trainer)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)

@@ -26,6 +26,7 @@ ALLOWED_PATTERNS = (
     "model.safetensors.index.json",
     "config.json",
     "preprocessor_config.json",
+    "adapter_config.json",  # a LoRA run (lora.py): adapter_config.json + adapter_model.safetensors
     CARD_FILE,
     "*.png",
     RESULTS_FILE,

@@ -189,6 +189,24 @@ def merge_into_trainer(trainer) -> nn.Module:
     return merged
 
 
+def lora_summary(model: nn.Module, merged: bool = False) -> dict:
+    """
+    The LoRA settings and parameter counts of a `PeftModel` for the run's results and card (`merged`: whether the
+    saved checkpoint is the merged plain model rather than the adapter).
+    """
+    config = next(iter(model.peft_config.values()))
+    return {
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "target_modules": sorted(config.target_modules) if config.target_modules else None,
+        "modules_to_save": sorted(config.modules_to_save or []),
+        "base_model": config.base_model_name_or_path,
+        **parameter_counts(model),
+        "merged": merged,
+    }
+
+
 def parameter_counts(model: nn.Module) -> dict:
     """Trainable and total parameters of `model` (a `PeftModel` counts its adapters and the saved head copy)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

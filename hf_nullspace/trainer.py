@@ -10,8 +10,10 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+from .adversarial import ADVERSARIAL_MODES, AdversarialArguments, AdversarialTraining
 from .config import NullspaceArguments
 from .embedding import NoiseHook, find_patch_embedding
+from .lora import is_peft_model, lora_summary
 from .noise_bank import NOISE_NORM_FIGURE, NoiseBank, last_complete_checkpoint
 from .synthesis import synthesize_noise
 
@@ -28,9 +30,16 @@ class NullspaceTrainer(Trainer):
     precision, distributed training and logging are the Trainer's own. The noise bank (every noise synthesised) and
     its history are training state: saved with every checkpoint and restored by `resume_from_checkpoint`.
 
+    The baselines of the paper's Table 2 train in the same trainer: `nullspace_mode="madry"` (CE(x) + CE(PGD(x))) and
+    `"trades"` (CE(x) + beta KL(f(x) || f(x_adv))), attacked in [0, 1] pixel space through the normalisation of
+    `processing_class` (see `adversarial.py`); their attack statistics are logged with the training loss. A
+    `peft.PeftModel` (see `lora.py`) trains its adapters in every mode.
+
     Args:
         nullspace_args ([`NullspaceArguments`], *optional*):
             The method's hyperparameters; the authors' defaults when not given.
+        adversarial_args ([`AdversarialArguments`], *optional*):
+            The attack and loss of modes `madry` and `trades`; the paper's Table 2 recipe when not given.
         *args, **kwargs:
             Everything [`~transformers.Trainer`] takes.
 
@@ -45,19 +54,36 @@ class NullspaceTrainer(Trainer):
     ```
     """
 
-    def __init__(self, *args, nullspace_args: NullspaceArguments | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        nullspace_args: NullspaceArguments | None = None,
+        adversarial_args: AdversarialArguments | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.nullspace_args = nullspace_args if nullspace_args is not None else NullspaceArguments()
         self.noise_bank = NoiseBank()
         self.run_info: dict = {}
-        if self.nullspace_args.nullspace_mode != "none":
+        mode = self.nullspace_args.nullspace_mode
+        # modes madry / trades: adversarial training (adversarial.py), pixel-space PGD through the normalisation
+        self.adversarial = (
+            AdversarialTraining(mode, adversarial_args, self.processing_class) if mode in ADVERSARIAL_MODES else None
+        )
+        if self.uses_noise:
             find_patch_embedding(self.model, self.nullspace_args.nullspace_patch_embedding_module)
+        if mode != "none":
             problem_type = getattr(self.model.config, "problem_type", None)
             if problem_type not in (None, "single_label_classification"):
                 raise ValueError(
                     f"NullspaceTrainer trains single-label image classifiers; the model's problem_type is "
                     f"{problem_type!r}. Use nullspace_mode='none' or a single-label model."
                 )
+
+    @property
+    def uses_noise(self) -> bool:
+        """Whether the mode trains on a noise at the patch embeddings (not `none`, `madry` or `trades`)."""
+        return self.nullspace_args.nullspace_mode not in ("none", *ADVERSARIAL_MODES)
 
     @property
     def noise(self) -> torch.Tensor | None:
@@ -131,7 +157,7 @@ class NullspaceTrainer(Trainer):
         return self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.nullspace_args.nullspace_mode != "none":
+        if self.uses_noise:
             if self.accelerator.num_processes > 1:
                 self._agree_on_non_finite_losses(model, inputs)
             if self._refresh_due():
@@ -219,6 +245,8 @@ class NullspaceTrainer(Trainer):
         noise fails too, this step trains on the clean loss alone. Under several processes the process that saw it
         trains this step on the clean loss and all processes redraw at the next agreement (`non_finite_check_steps`).
         """
+        if self.adversarial is not None and model.training:  # madry / trades, see adversarial.py
+            return self.adversarial.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         if self.nullspace_args.nullspace_mode == "none" or self.noise is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
@@ -256,6 +284,13 @@ class NullspaceTrainer(Trainer):
             if not self._keep_noise_hook:  # called outside train(): leave no hook behind
                 self._remove_noise_hook()
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # adversarial modes: the attack's statistics since the last log go with the training loss (all processes
+        # call this at the same step, so the mean over processes is one collective here)
+        if self.adversarial is not None and "loss" in logs:
+            logs.update(self.adversarial.pop_stats(self.accelerator))
+        super().log(logs, start_time)
 
     # ---- noise state: saved with every checkpoint, restored on resume ---------------------------------------------
 
@@ -309,7 +344,7 @@ class NullspaceTrainer(Trainer):
         # it) and removed afterwards; steps only switch it on and off
         self._keep_noise_hook = True
         try:
-            if self.nullspace_args.nullspace_mode != "none":
+            if self.uses_noise:
                 self._noise_hook_for(self.model)
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         finally:
@@ -434,13 +469,19 @@ class NullspaceTrainer(Trainer):
                 for f in os.listdir(os.path.join(folder, "examples"))
                 if f.lower().endswith(IMAGE_SUFFIXES)
             )
+        model = self.accelerator.unwrap_model(self.model)
+        if "lora" not in info and is_peft_model(model):  # an adapter run (lora.py): its settings, counts, card
+            info["lora"] = lora_summary(model)
         eval_metrics = info.pop("eval", None) or self._last_eval_metrics()
         eval_dataset = info.pop("eval_dataset", None) or self._eval_dataset_info(info.get("dataset"))
         return collect_results(
             model_name=name.split("/")[-1],
             base_model=base_model,
             **self._license(info.pop("license", None)),
-            nullspace_args=self.nullspace_args.to_dict(),
+            nullspace_args={
+                **self.nullspace_args.to_dict(),
+                **(self.adversarial.args.to_dict() if self.adversarial is not None else {}),
+            },
             training_args=self.args.to_dict(),
             noise_history=self.noise_history,
             figures=figures,

@@ -44,11 +44,11 @@ def digest(tensor: torch.Tensor) -> str:
 
 
 def main(argv=None):
-    model_args, data_args, nullspace_args, training_args = parse_args(argv)
+    model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
-    trainer, _ = build_trainer(model_args, data_args, nullspace_args, training_args)
+    trainer, _ = build_trainer(model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args)
 
     processor = trainer.processing_class
     do_normalize = getattr(processor, "do_normalize", False)
@@ -89,6 +89,7 @@ def main(argv=None):
         "history": trainer.noise_history,
         "refresh_digests": refresh_digests,
         "batches": batches,
+        "log_history": trainer.state.log_history,
     }
     with open(os.path.join(training_args.output_dir, f"rank_{rank}.json"), "w") as f:
         json.dump(state, f, indent=2)
