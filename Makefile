@@ -23,6 +23,8 @@ $(VENV)/.test-oracles: $(BIN)/hf-nullspace
 	# imagecorruptions (needs setuptools<81 for pkg_resources)
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1 pyautoattack==0.2.0
 	$(BIN)/pip install -q "setuptools<81" imagecorruptions==1.1.2
+	# the [peft] extra (LoRA), at the version the tests were written against
+	$(BIN)/pip install -q peft==0.21.2
 	touch $@
 
 setup-test: $(VENV)/.test-oracles
