@@ -572,7 +572,11 @@ class NullspaceTrainer(Trainer):
         )
         if blocking:
             return push_run(self.args.output_dir, self._hub_repo_id(), **push)
-        return push_run_in_background(self.args.output_dir, self._hub_repo_id(), **push)
+        from transformers.utils.hub import PushInProgress
+
+        job = push_run_in_background(self.args.output_dir, self._hub_repo_id(), **push)
+        self.push_in_progress = PushInProgress([job])  # the next push waits for it
+        return job
 
     # the model files a save under `hub_strategy` takes from its checkpoint (the rest of the push is written fresh)
     _CHECKPOINT_MODEL_FILES = (
@@ -588,10 +592,10 @@ class NullspaceTrainer(Trainer):
         Trainer's, which uploads `training_args.bin` and, under the checkpoint strategies, the optimiser, scheduler
         and RNG states. Here a save pushes what `push_to_hub` does (the card and results as of this step included)
         and, under `checkpoint` / `all_checkpoints`, the model files again under `last-checkpoint/` or
-        `checkpoint-N/`: weights, configs, noise bank and history, no training state (so a run resumed from the Hub's
-        checkpoint restarts its optimiser). Each push is staged in its own folder (hard links to the checkpoint's
-        weights) and uploaded in the background, one after the other; like the Trainer, a save made while the
-        previous push is still running is skipped unless `hub_always_push`, which waits for it instead.
+        `checkpoint-N/`: weights, configs, noise bank and history, no training state (so the Hub's checkpoint is a
+        model to load or finetune further, not a run to resume). Each push is staged in its own folder (hard links to
+        the checkpoint's weights) and uploaded in the background, one after the other; like the Trainer, a save made
+        while the previous push is still running is skipped unless `hub_always_push`, which waits for it instead.
         """
         import fnmatch
         import shutil

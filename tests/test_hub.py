@@ -761,7 +761,10 @@ for strategy, (base, card_arguments) in runs.items():
     metrics = trainer.evaluate()
     if strategy == "end":
         trainer.save_model()  # with push_to_hub=True, the Trainer's save_model pushes too
-    url = trainer.push_to_hub(**card_arguments)
+    if strategy == "every_save":  # the non-blocking push: a future of the commit URL
+        url = trainer.push_to_hub(blocking=False, **card_arguments).result()
+    else:
+        url = trainer.push_to_hub(**card_arguments)
     out[strategy] = {"eval": metrics, "url": url}
 print(json.dumps(out))
 """
