@@ -1,18 +1,22 @@
-"""Small-scale reproduction of the paper's claims on the bundled real data (ALGORITHM.md sections 3-5).
+"""Small-scale reproduction of the paper's claims on two real datasets and their bundled ViTs (ALGORITHM.md 3-5).
 
-From the bundled pretrained ViT, finetune with the embedded default's settings in modes none, random and nullspace
-(same steps and data order per seed, 3 seeds), with the epsilon ablation (0.01, 0.03, 0.1) for random and nullspace,
-in two regimes:
+For each dataset (the bundled MNIST digits; colour photo and texture patches cut from scikit-image's sample images,
+built here), from its bundled pretrained ViT, finetune in the four modes with the same steps and data order per seed:
 
-- `reached`: a synthesis budget that lets the noise reach epsilon (the method as intended);
-- `starved`: one noise update per refresh, so training sees the large initial noise, outside the approximate
-  nullspace: this measures plain noise augmentation, not the method.
+- `none`: plain finetuning;
+- `random`: the authors' random baseline, N(0, 1) shrunk until inside epsilon;
+- `norm_matched`: each refresh synthesises the learned noise, then trains on a random direction of exactly its norm
+  (separates the noise's direction from its magnitude);
+- `nullspace`: the learned epsilon-approximate nullspace noise (the method), with an epsilon ablation;
 
-Each run is the real main job in its own process; each is scored with the `mnist` suite. Writes
-`benchmarks/results/reproduction.{json,md}` and figures (noise norm over training, per-column means with std).
+plus optional variants of the method (`--variants`, e.g. a warm start). Each run is the real main job
+(`python -m hf_nullspace.finetune`) in its own process, with the embedded default's settings and the library's
+synthesis defaults, shortened (`--steps`) and scored with the `mnist` suite (attacks and corruptions) on `--samples`
+test images. Writes `benchmarks/results/reproduction.{json,md}` and figures (per-dataset accuracy bars with seed
+std, noise norm over training).
 
-    python benchmarks/reproduction.py                 # everything (about 30-40 minutes on 2 CPU cores)
-    python benchmarks/reproduction.py --seeds 0 --epsilons 0.03 --regimes reached    # a quick look
+    python benchmarks/reproduction.py                                   # about 40 minutes on 2 CPU cores
+    python benchmarks/reproduction.py --datasets textures --seeds 0 --epsilons 0.03     # a quick look
 """
 
 import argparse
@@ -21,9 +25,31 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+ASSETS = os.path.join(ROOT, "hf_nullspace", "assets")
+DATASETS = {
+    "mnist": {
+        "title": "MNIST digits (bundled)",
+        "model": os.path.join(ASSETS, "vit-tiny-mnist"),
+        "data": os.path.join(ASSETS, "mnist"),
+        "args": {"train_flip": False},
+    },
+    "textures": {
+        "title": "photo and texture patches (scikit-image)",
+        "model": os.path.join(ASSETS, "vit-tiny-textures"),
+        "data": None,  # built by trainer_scripts/train_base_model.py in the work folder
+        "args": {"train_flip": True},
+    },
+}
+# name -> extra arguments of a variant of the nullspace mode (run at epsilon 0.03)
+VARIANTS = {
+    "warm_start": {"noise_warm_start": True},
+    "beta0.5": {"noisy_loss_weight": 0.5},
+    "fixed_start3": {"noise_init_limit": 3.0},
+}
 COLUMNS = [
     ("clean", "accuracy"),
     ("fgsm@0.05", "accuracy"),
@@ -34,37 +60,68 @@ COLUMNS = [
     ("corruptions", "accuracy"),
     ("corruptions", "relative_mce"),
 ]
+ROBUST = ["fgsm@0.05|accuracy", "fgsm@0.1|accuracy", "pgd@0.05|accuracy", "corruptions|accuracy"]
+
+
+def dataset_dir(dataset: str, workdir: str) -> str:
+    """The dataset's folder; the texture patches are built (deterministically, from scikit-image) on first use."""
+    if DATASETS[dataset]["data"] is not None:
+        return DATASETS[dataset]["data"]
+    folder = os.path.join(workdir, f"{dataset}-data")
+    if not os.path.isfile(os.path.join(folder, "test.parquet")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "trainer_scripts", "train_base_model.py"), "--dataset",
+                        dataset, "--data-only", "--data-dir", folder], check=True, capture_output=True)  # fmt: skip
+    return folder
 
 
 def configurations(args):
-    for seed in args.seeds:
-        yield {"regime": "-", "mode": "none", "epsilon": None, "seed": seed}
-        for regime in args.regimes:
-            for mode in ("random", "nullspace"):
-                # starved noise gets one update: epsilon only decides the 'reached' flag, so 0.03 alone
-                for epsilon in args.epsilons if regime == "reached" else [0.03]:
-                    yield {"regime": regime, "mode": mode, "epsilon": epsilon, "seed": seed}
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            yield {"dataset": dataset, "mode": "none", "variant": "-", "epsilon": None, "seed": seed}
+            for mode in ("random", "norm_matched"):
+                yield {"dataset": dataset, "mode": mode, "variant": "-", "epsilon": 0.03, "seed": seed}
+            for epsilon in args.epsilons:
+                yield {"dataset": dataset, "mode": "nullspace", "variant": "-", "epsilon": epsilon, "seed": seed}
+            for variant in args.variants:
+                yield {"dataset": dataset, "mode": "nullspace", "variant": variant, "epsilon": 0.03, "seed": seed}
+
+
+def command(config, args, out) -> list[str]:
+    spec = DATASETS[config["dataset"]]
+    overrides = {
+        "output_dir": out,
+        "seed": config["seed"],
+        "nullspace_mode": config["mode"],
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "max_steps": args.steps,
+        "robustness_max_samples": args.samples,
+        "model_name_or_path": spec["model"],
+        "dataset_name": dataset_dir(config["dataset"], args.workdir),
+        **spec["args"],
+        **VARIANTS.get(config["variant"], {}),
+    }
+    if config["epsilon"] is not None:
+        overrides["noise_epsilon"] = config["epsilon"]
+    defaults = json.load(open(os.path.join(ASSETS, "default_run.json")))
+    values = {k: v for k, v in defaults.items() if k not in ("save_steps", "save_total_limit")}
+    values.update(overrides)
+    cmd = [sys.executable, "-m", "hf_nullspace.finetune"]
+    for key, value in values.items():
+        cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return cmd
 
 
 def run(config, args) -> dict:
-    from hf_nullspace.data.bundled import ASSETS
-
-    name = f"{config['mode']}-{config['regime']}-eps{config['epsilon']}-seed{config['seed']}"
+    name = f"{config['dataset']}-{config['mode']}-{config['variant']}-eps{config['epsilon']}-seed{config['seed']}"
     out = os.path.join(args.workdir, name)
     results_file = os.path.join(out, "results.json")
+    seconds = None
     if not os.path.isfile(results_file):
-        command = [sys.executable, "-m", "hf_nullspace.finetune", "--output_dir", out, "--seed", str(config["seed"]),
-                   "--nullspace_mode", config["mode"], "--save_strategy", "no", "--disable_tqdm", "true",
-                   "--robustness_max_samples", str(args.samples)]  # fmt: skip
-        defaults = json.load(open(ASSETS / "default_run.json"))
-        for key, value in defaults.items():
-            if f"--{key}" not in command and key not in ("output_dir", "save_steps", "save_total_limit"):
-                command += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-        if config["epsilon"] is not None:
-            command += ["--noise_epsilon", str(config["epsilon"])]
-        if config["regime"] == "starved":
-            command += ["--noise_max_updates", "1"]
-        subprocess.run(command, check=True, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        start = time.perf_counter()
+        subprocess.run(command(config, args, out), check=True, capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))  # fmt: skip
+        seconds = time.perf_counter() - start
     results = json.load(open(results_file))
     finetuned = next(m for m in results["robustness"]["models"] if m["name"] == "finetuned")
     base = next(m for m in results["robustness"]["models"] if m["name"] == "base")
@@ -74,102 +131,148 @@ def run(config, args) -> dict:
             (r["value"] for r in model["results"] if (r["benchmark"], r["metric"]) == (benchmark, metric)), None
         )
 
-    history = results.get("noise_history", [])
+    columns = {f"{b}|{m}": value(finetuned, b, m) for b, m in COLUMNS}
+    columns["robust mean|accuracy"] = statistics.mean(columns[k] for k in ROBUST)
+    base_columns = {f"{b}|{m}": value(base, b, m) for b, m in COLUMNS}
+    base_columns["robust mean|accuracy"] = statistics.mean(base_columns[k] for k in ROBUST)
     return {
         **config,
-        "columns": {f"{b}|{m}": value(finetuned, b, m) for b, m in COLUMNS},
-        "base_columns": {f"{b}|{m}": value(base, b, m) for b, m in COLUMNS},
-        "refreshes": len(history),
-        "reached": sum(r["reached"] for r in history),
-        "noise_history": history,
+        "seconds": seconds,
+        "columns": columns,
+        "base_columns": base_columns,
+        "noise_history": results.get("noise_history", []),
+    }
+
+
+def refresh_stats(histories: list[list[dict]]) -> dict:
+    records = [r for history in histories for r in history]
+    if not records:
+        return {}
+
+    def median(key):
+        values = [r[key] for r in records if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "refreshes": len(records),
+        "reached": sum(bool(r["reached"]) for r in records),
+        "fallback": sum(bool(r.get("fallback")) for r in records),
+        "inside": sum(bool(r.get("inside", r["reached"])) for r in records),
+        "updates_median": median("updates"),
+        "updates_mean": statistics.mean(r["updates"] for r in records),
+        "seconds_median": median("seconds"),
+        "norm_median": median("norm"),
+        "norm_ratio_median": median("norm_ratio"),
+        "statistic_median": median("statistic"),
+        "learned_statistic_median": median("learned_statistic"),
     }
 
 
 def summarise(runs: list[dict]) -> list[dict]:
     groups = {}
     for r in runs:
-        groups.setdefault((r["regime"], r["mode"], r["epsilon"]), []).append(r)
+        groups.setdefault((r["dataset"], r["mode"], r["variant"], r["epsilon"]), []).append(r)
     rows = []
-    for (regime, mode, epsilon), members in groups.items():
-        row = {"regime": regime, "mode": mode, "epsilon": epsilon, "seeds": len(members)}
-        for key in members[0]["columns"]:
-            values = [m["columns"][key] for m in members if m["columns"][key] is not None]
-            row[key] = (
-                (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
-            )
-        refreshes = sum(m["refreshes"] for m in members)
-        row["reached"] = f"{sum(m['reached'] for m in members)}/{refreshes}" if refreshes else "-"
-        rows.append(row)
-    base = runs[0]["base_columns"]
-    rows.insert(0, {"regime": "-", "mode": "base (no finetuning)", "epsilon": None, "seeds": 1, "reached": "-",
-                    **{k: (v, 0.0) if v is not None else None for k, v in base.items()}})  # fmt: skip
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        base = next(r for r in runs if r["dataset"] == dataset)["base_columns"]
+        rows.append({"dataset": dataset, "mode": "base (no finetuning)", "variant": "-", "epsilon": None, "seeds": 1,
+                     **{k: (v, 0.0) for k, v in base.items() if v is not None}})  # fmt: skip
+        for (group_dataset, mode, variant, epsilon), members in groups.items():
+            if group_dataset != dataset:
+                continue
+            row = {"dataset": dataset, "mode": mode, "variant": variant, "epsilon": epsilon, "seeds": len(members)}
+            for key in members[0]["columns"]:
+                values = [m["columns"][key] for m in members if m["columns"][key] is not None]
+                row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+            row["synthesis"] = refresh_stats([m["noise_history"] for m in members])
+            seconds = [m["seconds"] for m in members if m["seconds"]]
+            row["run_seconds_median"] = statistics.median(seconds) if seconds else None
+            rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    keys = [f"{b}|{m}" for b, m in COLUMNS]
-    head = "| regime | mode | epsilon | " + " | ".join(k.replace("|accuracy", "").replace("|", " ") for k in keys)
-    lines = [head + " | reached |", "|" + "---|" * (len(keys) + 4)]
+    keys = [f"{b}|{m}" for b, m in COLUMNS] + ["robust mean|accuracy"]
+    head = "| dataset | mode | epsilon | " + " | ".join(k.replace("|accuracy", "").replace("|", " ") for k in keys)
+    lines = [head + " | eps met (updates) | fallback | updates | norm ratio |", "|" + "---|" * (len(keys) + 7)]
     for row in rows:
         cells = [f"{100 * row[k][0]:.2f} ± {100 * row[k][1]:.2f}" if row.get(k) else "—" for k in keys]
         eps = "" if row["epsilon"] is None else f"{row['epsilon']:g}"
-        lines.append(f"| {row['regime']} | {row['mode']} | {eps} | " + " | ".join(cells) + f" | {row['reached']} |")
+        mode = row["mode"] + ("" if row["variant"] == "-" else f" ({row['variant']})")
+        s = row.get("synthesis") or {}
+        extra = (
+            [f"{s['reached']}/{s['refreshes']}", str(s["fallback"]), f"{s['updates_median']:g}",
+             f"{s['norm_ratio_median']:.2f}" if s.get("norm_ratio_median") is not None else "—"]
+            if s else ["-", "-", "-", "-"]
+        )  # fmt: skip
+        lines.append(f"| {row['dataset']} | {mode} | {eps} | " + " | ".join(cells + extra) + " |")
     return "\n".join(lines) + "\n"
 
 
-def figures(runs: list[dict], rows: list[dict]) -> list[str]:
+def figures(runs: list[dict], rows: list[dict], datasets: list[str]) -> list[str]:
     import matplotlib.pyplot as plt
 
     from hf_nullspace.plots import _save, plot_noise_norm
 
-    histories = {f"seed {r['seed']}": r["noise_history"] for r in runs
-                 if r["mode"] == "nullspace" and r["regime"] == "reached" and r["epsilon"] == 0.03}  # fmt: skip
     paths = []
-    if histories:
-        paths.append(plot_noise_norm(histories, os.path.join(RESULTS, "reproduction_noise_norm.png"),
-                                     title="Noise norm over training (nullspace, epsilon 0.03, 3 seeds)"))  # fmt: skip
-    keys = [f"{b}|{m}" for b, m in COLUMNS if m == "accuracy"]
-    shown = [r for r in rows if r["mode"].startswith(("base", "none")) or (r["epsilon"] == 0.03)]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(shown)
-    for i, row in enumerate(shown):
-        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(keys))]
-        means = [100 * row[k][0] if row.get(k) else 0 for k in keys]
-        stds = [100 * row[k][1] if row.get(k) else 0 for k in keys]
-        label = row["mode"] + ("" if row["regime"] == "-" else f" ({row['regime']})")
-        ax.bar(xs, means, width=width, yerr=stds, capsize=2, label=label)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([k.split("|")[0] for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Bundled MNIST, epsilon 0.03: mean ± std over seeds")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    for dataset in datasets:
+        histories = {f"seed {r['seed']}": r["noise_history"] for r in runs
+                     if r["dataset"] == dataset and r["mode"] == "nullspace" and r["variant"] == "-"
+                     and r["epsilon"] == 0.03}  # fmt: skip
+        if histories:
+            path = os.path.join(RESULTS, f"reproduction_noise_norm_{dataset}.png")
+            paths.append(plot_noise_norm(histories, path, title=f"Learned noise norm over training ({dataset}, "
+                                                                 "epsilon 0.03, 3 seeds)"))  # fmt: skip
+    keys = [f"{b}|{m}" for b, m in COLUMNS if m == "accuracy"] + ["robust mean|accuracy"]
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets):
+        shown = [r for r in rows if r["dataset"] == dataset and r["variant"] == "-"
+                 and (r["epsilon"] in (None, 0.03))]  # fmt: skip
+        width = 0.8 / max(len(shown), 1)
+        for i, row in enumerate(shown):
+            xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(keys))]
+            means = [100 * row[k][0] if row.get(k) else 0 for k in keys]
+            stds = [100 * row[k][1] if row.get(k) else 0 for k in keys]
+            ax.bar(xs, means, width=width, yerr=stds, capsize=2, label=row["mode"])
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([k.split("|")[0] for k in keys], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{DATASETS[dataset]['title']}, epsilon 0.03: mean ± std over seeds", fontsize=10)
+        ax.legend(fontsize=7, ncol=5)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     paths.append(_save(fig, os.path.join(RESULTS, "reproduction.png")))
     return paths
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.01, 0.03, 0.1])
-    parser.add_argument("--regimes", nargs="+", default=["reached", "starved"])
-    parser.add_argument("--samples", type=int, default=1000, help="test images per robustness benchmark")
+    parser.add_argument("--variants", nargs="*", default=["warm_start"], choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=240, help="optimiser steps per run")
+    parser.add_argument("--samples", type=int, default=500, help="test images per robustness benchmark")
     parser.add_argument("--workdir", default="/tmp/hf_nullspace_reproduction")
+    parser.add_argument("--name", default="reproduction", help="file stem of the results")
     args = parser.parse_args()
     runs = []
     configs = list(configurations(args))
     for i, config in enumerate(configs):
         runs.append(run(config, args))
-        print(f"[{i + 1}/{len(configs)}] {config}: clean {runs[-1]['columns']['clean|accuracy']:.4f}", flush=True)
+        seconds = runs[-1]["seconds"]
+        print(f"[{i + 1}/{len(configs)}] {config}: clean {runs[-1]['columns']['clean|accuracy']:.4f}"
+              + (f" ({seconds:.0f} s)" if seconds else ""), flush=True)  # fmt: skip
     rows = summarise(runs)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "reproduction.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump({"settings": vars(args), "summary": rows, "runs": runs}, f, indent=2)
     table = markdown(rows)
-    with open(os.path.join(RESULTS, "reproduction.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write(table)
     print(table)
-    print("Figures:", figures(runs, rows))
+    if args.name == "reproduction":
+        print("Figures:", figures(runs, rows, args.datasets))
 
 
 if __name__ == "__main__":

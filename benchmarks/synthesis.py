@@ -1,8 +1,13 @@
-"""Noise synthesis cost: updates to reach epsilon and wall time, on the bundled ViT and real MNIST batches.
+"""Noise synthesis: updates to epsilon, wall time, norms and held-out statistics, on both bundled ViTs and real batches.
 
-For each (epsilon, initial limit) and each of several batches and seeds: updates taken, whether epsilon was reached,
-the final statistic, the noise norm and the seconds, with the per-update time. Side by side in one run, the random
-baseline on the same batches. JSON to `benchmarks/results/synthesis.json`.
+For each bundled model (MNIST digits; colour photo and texture patches) and each setting (the automatic start with
+several `noise_init_factor`s, the authors' fixed U(-limit, limit) starts, the random baseline), over several batches
+and seeds: updates taken, whether epsilon was reached by the updates, whether the fallback had to shrink the noise,
+the statistic on the synthesis batch and on the *next* batch (held out), the noise norm and its ratio to the
+patch-embedding norm, and the seconds. A warm-start chain (each synthesis starting from the previous noise, on the
+next batch) is measured against fresh starts on the same batches. The model is fixed here (no finetuning between
+syntheses); the reproduction benchmark measures warm starts during real training. JSON to
+`benchmarks/results/synthesis.json`.
 
     python benchmarks/synthesis.py
 """
@@ -11,19 +16,20 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def batches(count: int, size: int):
+def batches(dataset_dir: str, count: int, size: int):
     from hf_nullspace.data import SkipCounter, collate_fn, load_image_dataset, prepare_dataset
-    from hf_nullspace.data.bundled import BUNDLED_MNIST
     from hf_nullspace.data.transforms import EvalTransform
 
-    dataset = load_image_dataset(BUNDLED_MNIST, split="train")
+    dataset = load_image_dataset(dataset_dir, split="train")
     transform = EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3)
     dataset = prepare_dataset(dataset.select(range(count * size)), transform, "image", "label", 10, SkipCounter())
     return [
@@ -31,68 +37,99 @@ def batches(count: int, size: int):
     ]
 
 
-def main():
-    from hf_nullspace.data.bundled import BUNDLED_MODEL
+def measure(model, data, nullspace_args, seeds, warm_start=False):
+    from hf_nullspace import synthesize_noise
 
+    records = []
+    for seed in range(seeds):
+        previous = None
+        for i, pixel_values in enumerate(data):
+            start = time.perf_counter()
+            result = synthesize_noise(model, pixel_values, nullspace_args, generator=torch.Generator().manual_seed(seed),
+                                      heldout=data[(i + 1) % len(data)], init=previous)  # fmt: skip
+            seconds = time.perf_counter() - start
+            if warm_start:
+                previous = result.noise
+            records.append({**result.summary(), "seconds": seconds, "batch": i, "seed": seed})
+    return records
+
+
+def row(label, dataset, epsilon, records, **extra):
+    updates = [r["updates"] for r in records]
+    seconds = [r["seconds"] for r in records]
+    return {
+        "dataset": dataset,
+        "setting": label,
+        "epsilon": epsilon,
+        **extra,
+        "reached": sum(r["reached"] for r in records) / len(records),
+        "fallback": sum(r.get("fallback", False) for r in records) / len(records),
+        "inside": sum(r["inside"] for r in records) / len(records),
+        "updates_median": statistics.median(updates),
+        "updates_max": max(updates),
+        "seconds_median": statistics.median(seconds),
+        "statistic_median": statistics.median(r["statistic"] for r in records),
+        "heldout_statistic_median": statistics.median(r["heldout_statistic"] for r in records),
+        "heldout_inside": sum(r["heldout_statistic"] < epsilon for r in records) / len(records),
+        "norm_median": statistics.median(r["norm"] for r in records),
+        "norm_ratio_median": statistics.median(r["norm_ratio"] for r in records),
+        "runs": records,
+    }
+
+
+def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=BUNDLED_MODEL)
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "textures"])
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.01, 0.03, 0.1])
+    parser.add_argument("--init-factors", type=float, nargs="+", default=[1.5, 2.0, 4.0])
     parser.add_argument("--init-limits", type=float, nargs="+", default=[3.0, 6.0])
     parser.add_argument("--max-updates", type=int, default=3000)
+    parser.add_argument("--workdir", default="/tmp/hf_nullspace_reproduction")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "synthesis.json"))
     args = parser.parse_args()
 
+    from reproduction import DATASETS, dataset_dir
     from transformers import AutoModelForImageClassification
 
-    from hf_nullspace import NullspaceArguments, synthesize_noise
+    from hf_nullspace import NullspaceArguments
 
-    model = AutoModelForImageClassification.from_pretrained(args.model).eval()
-    data = batches(args.batches, args.batch_size)
-    with torch.no_grad():
-        forward = time.perf_counter()
-        model(pixel_values=data[0])
-        forward = time.perf_counter() - forward
-    rows = []
-    for epsilon in args.epsilons:
-        for limit in args.init_limits:
-            for mode in ("nullspace", "random"):
-                if mode == "random" and limit != args.init_limits[0]:
-                    continue  # the random baseline starts from N(0, 1): no limit
-                records = []
-                for pixel_values in data:
-                    for seed in range(args.seeds):
-                        nullspace_args = NullspaceArguments(nullspace_mode=mode, noise_epsilon=epsilon,
-                                                            noise_init_limit=limit, noise_max_updates=args.max_updates)  # fmt: skip
-                        start = time.perf_counter()
-                        result = synthesize_noise(model, pixel_values, nullspace_args,
-                                                  generator=torch.Generator().manual_seed(seed))  # fmt: skip
-                        records.append({**result.summary(), "seconds": time.perf_counter() - start})
-                updates = [r["updates"] for r in records]
-                seconds = [r["seconds"] for r in records]
-                row = {
-                    "mode": mode,
-                    "epsilon": epsilon,
-                    "init_limit": limit if mode == "nullspace" else None,
-                    "reached": sum(r["reached"] for r in records) / len(records),
-                    "updates_median": statistics.median(updates),
-                    "updates_max": max(updates),
-                    "seconds_median": statistics.median(seconds),
-                    "seconds_per_update": sum(seconds) / max(sum(updates), 1),
-                    "norm_median": statistics.median(r["norm"] for r in records),
-                    "runs": records,
-                }
-                rows.append(row)
-                print(f"{mode:9s} eps={epsilon:<5g} limit={row['init_limit']!s:5s} reached {row['reached']:.0%} "
-                      f"updates {row['updates_median']:.0f} (max {row['updates_max']}) "
-                      f"{row['seconds_median']:.3f} s  norm {row['norm_median']:.1f}", flush=True)  # fmt: skip
+    rows, forward = [], {}
+    for dataset in args.datasets:
+        model = AutoModelForImageClassification.from_pretrained(DATASETS[dataset]["model"]).eval()
+        data = batches(dataset_dir(dataset, args.workdir), args.batches, args.batch_size)
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(pixel_values=data[0])
+            forward[dataset] = time.perf_counter() - start
+        for epsilon in args.epsilons:
+            settings = [(f"auto x{f:g}", dict(noise_init_factor=f), {"init_factor": f}) for f in args.init_factors]
+            settings += [(f"fixed U(-{lim:g}, {lim:g})", dict(noise_init_limit=lim), {"init_limit": lim})
+                         for lim in args.init_limits]  # fmt: skip
+            for label, kwargs, extra in settings:
+                nullspace_args = NullspaceArguments(
+                    noise_epsilon=epsilon, noise_max_updates=args.max_updates, **kwargs
+                )
+                rows.append(row(label, dataset, epsilon, measure(model, data, nullspace_args, args.seeds), **extra))
+            default = NullspaceArguments(noise_epsilon=epsilon, noise_max_updates=args.max_updates)
+            rows.append(row("auto, warm start", dataset, epsilon,
+                            measure(model, data, default, args.seeds, warm_start=True), init_factor=2.0))  # fmt: skip
+            random = NullspaceArguments(nullspace_mode="random", noise_epsilon=epsilon)
+            rows.append(row("random baseline", dataset, epsilon, measure(model, data, random, args.seeds)))
+            for r in rows[-len(settings) - 2 :]:
+                print(f"{dataset:8s} eps={epsilon:<5g} {r['setting']:18s} reached {r['reached']:4.0%} "
+                      f"fallback {r['fallback']:4.0%} updates {r['updates_median']:5.0f} (max {r['updates_max']:4d}) "
+                      f"{r['seconds_median']:.3f} s  norm {r['norm_median']:7.1f} ratio {r['norm_ratio_median']:.2f} "
+                      f"stat {r['statistic_median']:.4f} held-out {r['heldout_statistic_median']:.4f} "
+                      f"({r['heldout_inside']:.0%} inside)", flush=True)  # fmt: skip
     result = {
         "device": f"cpu, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "model": os.path.basename(args.model),
+        "models": {d: os.path.relpath(DATASETS[d]["model"], ROOT) for d in args.datasets},
         "batch_size": args.batch_size,
         "clean_forward_seconds": forward,
+        "heldout": "the statistic of each noise on the next batch (one it was not synthesised on)",
         "rows": rows,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
