@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -373,6 +374,20 @@ def _shown(path: str) -> str:
     return os.path.join(".", path) if os.path.exists(path) and not os.path.isabs(path) else path
 
 
+class StageClock:
+    """Wall time per stage of the job (`results.json` `stage_seconds`, and the log)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._last, 3)
+        self._last = now
+        logger.info("Stage %r took %.1f s", stage, self.seconds[stage])
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
     model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = parse_args(argv)
@@ -385,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the Trainer's own push uploads checkpoints and its generic card: this job pushes the finished run itself
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
+    clock = StageClock()
     # fail fast: every benchmark of the robustness suite is found before any data or model is loaded
     suite = robustness_suite(data_args)
     caps = parse_pairs(data_args.robustness_sample_caps, "--robustness_sample_caps", as_int=True)
@@ -393,25 +409,25 @@ def main(argv: list[str] | None = None) -> dict:
 
         check_sample_caps(suite, caps)
         check_robustness_sources(suite, token=model_args.token, include_data=False)
+        clock.mark("robustness sources check")
 
     trainer, counters = build_trainer(
         model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args
     )
+    clock.mark("data, model and trainer")
     if suite is not None:
         # the eval split is known now: the clean data and every model's labels are checked before training
-        from .robustness.evaluate import check_models
+        from .robustness.evaluate import check_attacks, check_models
 
         suite = robustness_suite(data_args)
         resolved = check_robustness_sources(suite, token=model_args.token)
         base_config = transformers.AutoConfig.from_pretrained(
             model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token
         )
-        check_models(
-            suite.sources(),
-            {"base": base_config, "finetuned": trainer.model.config},
-            resolved,
-            remap=data_args.robustness_remap_labels,
-        )
+        configs = {"base": base_config, "finetuned": trainer.model.config}
+        check_models(suite.sources(), configs, resolved, remap=data_args.robustness_remap_labels)
+        check_attacks(suite, configs)
+        clock.mark("robustness data and label check")
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None:
         checkpoint = last_complete_checkpoint(training_args.output_dir)
@@ -429,10 +445,12 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         metrics["train"] = train_result.metrics
+        clock.mark("train")
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
         trainer.log_metrics("eval", metrics["eval"])
         trainer.save_metrics("eval", metrics["eval"])
+        clock.mark("eval")
     metrics["skipped_rows"] = {split: counter.as_dict() for split, counter in counters.items()}
     report = None
     if suite is not None:  # every process scores its share; all get the merged report
@@ -452,6 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
             bf16=data_args.robustness_bf16,
             progress=not training_args.disable_tqdm,
         )
+        clock.mark("robustness evaluation")
     if not trainer.is_world_process_zero():
         return metrics
 
@@ -483,10 +502,14 @@ def main(argv: list[str] | None = None) -> dict:
             entry["path"] = _shown(entry["path"])
         trainer.run_info.update(robustness=robustness, figures=[os.path.basename(f) for f in figures])
         print(report.to_markdown())
+    clock.mark("report")
+    trainer.run_info["stage_seconds"] = clock.seconds  # the card and the push below are not in it
     if push_to_hub:  # writes results.json and the card for the repo, then uploads
         logger.info("Pushed to %s", trainer.push_to_hub())
     else:
         trainer.create_model_card()
+    clock.mark("card" if not push_to_hub else "card and push")
+    print(f"Stage seconds: {json.dumps(clock.seconds)}")
     print(f"Finished: everything is in {os.path.abspath(output_dir)}")
     return trainer.collect_results()
 

@@ -112,15 +112,17 @@ def imagenet_v2(root, labels: list[int], size: int = 224) -> str:
     return str(root)
 
 
-def paper_protocol(root, size: int = 224, per_source: int = 4, corruptions=("gaussian_noise", "fog"),
-                   severities=(1, 5)) -> dict[str, str]:  # fmt: skip
-    """Every source of the `imagenet` suite but Stylized-ImageNet and DAmageNet; returns `{"imagenet": path,
-    "paths": {benchmark: path}}`-like dict: `imagenet` (train + validation) and the local paths."""
+def paper_protocol(root, size: int = 224, per_source: int = 4, validation: int | None = None,
+                   corruptions=("gaussian_noise", "fog"), severities=(1, 5)) -> dict[str, str]:  # fmt: skip
+    """Every source of the `imagenet` suite but Stylized-ImageNet and DAmageNet, `per_source` images each (the
+    ImageNet validation split `validation` images, twice as many in train). Returns `{benchmark: path}`:
+    `imagenet` (train + validation splits) and the local paths of the others."""
     labels_1k = [(7 * i) % 1000 for i in range(per_source)]
     labels_200 = [(11 * i) % 200 for i in range(per_source)]
+    labels_val = [(7 * i) % 1000 for i in range(per_source if validation is None else validation)]
     root = str(root)
     return {
-        "imagenet": imagenet(os.path.join(root, "imagenet"), {"train": labels_1k * 2, "validation": labels_1k}, size),
+        "imagenet": imagenet(os.path.join(root, "imagenet"), {"train": labels_1k * 2, "validation": labels_val}, size),
         "imagenet-c": imagenet_c(os.path.join(root, "imagenet-c"), corruptions, severities, labels_1k, size),
         "imagenet-a": webdataset(os.path.join(root, "imagenet-a"), labels_200, size, seed=300),
         "imagenet-r": webdataset(os.path.join(root, "imagenet-r"), labels_200, size, seed=400),

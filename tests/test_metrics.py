@@ -101,7 +101,8 @@ def test_a_subset_of_corruptions_gives_a_named_partial_mce_and_no_average():
     rows = _report(["fog", "snow"], severities=(1, 5))
     assert ("imagenet-c", "mce") not in rows and ("average", "average") not in rows
     partial = rows[("imagenet-c-partial", "partial_mce")]
-    assert partial["dataset_name"].startswith("ImageNet-C, partial: 2 corruptions x 1, 5 severities of 15 x 5")
+    assert partial["dataset_name"] == "ImageNet-C, 2 of 15 corruptions (2 corruptions x 1, 5 severities)"
+    assert partial["dataset_config"] == "snow,fog" and partial["dataset_split"] == "severity_1,severity_5"
     assert partial["params"]["missing"][:2] == ["gaussian_noise", "shot_noise"]
     assert partial["params"]["severities"] == {"snow": [1, 5], "fog": [1, 5]}
     assert rows[("imagenet-c", "accuracy")]["value"] == pytest.approx(0.6)

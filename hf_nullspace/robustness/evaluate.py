@@ -145,6 +145,33 @@ def check_models(sources: Mapping, configs: Mapping, resolved: Mapping | None = 
     return plans
 
 
+def check_attacks(suite: Suite, configs: Mapping) -> None:
+    """Checks before any work that every model can take the suite's attacks (PatchFool needs a ViT-family model
+    with at least `selection_layer + 1` layers; AutoAttack its package)."""
+    problems = []
+    for evaluation in suite.evaluations:
+        if evaluation.attack == "patchfool":
+            layer = evaluation.kwargs.get("selection_layer", 4)
+            for name, config in configs.items():
+                layers = getattr(config, "num_hidden_layers", None)
+                if getattr(config, "patch_size", None) is None:
+                    problems.append(f"model {name!r}: {evaluation.name} needs a ViT-family model (config.patch_size)")
+                elif layer is not None and layers is not None and not -layers <= layer < layers:
+                    problems.append(
+                        f"model {name!r}: {evaluation.name} selects patches with the attention of layer {layer}, "
+                        f"the model has {layers} layers"
+                    )
+        if evaluation.attack == "autoattack":
+            import importlib.util
+
+            if importlib.util.find_spec("pyautoattack") is None:
+                problems.append(
+                    f"{evaluation.name} needs the `pyautoattack` package: pip install hf-nullspace[attacks]"
+                )
+    if problems:
+        raise ValueError("The suite's attacks cannot run (checked before any work):\n  - " + "\n  - ".join(problems))
+
+
 def sample_cap(evaluation: Evaluation, caps: Mapping[str, int | None], default: int | None) -> int | None:
     """The number of rows `evaluation` reads: `caps` keyed by evaluation name, attack, source, source group
     (`imagenet-c`) or group (`clean`, `attack`, `corruption`, `shift`), first match wins, else `default`."""
@@ -276,6 +303,7 @@ def evaluate_robustness(
     named = _named_models(models)
     configs = {name: _config(model, token) for name, model in named.items()}
     plans = check_models(sources, configs, resolved, remap=remap_labels)
+    check_attacks(suite, configs)
 
     rank, world = process_group() if distributed is not False else (0, 1)
     if device is None:

@@ -173,14 +173,28 @@ class RobustnessReport:
             if len({tuple(v) for v in severities.values()}) == 1
             else f"{cells} (corruption, severity) pairs of {len(corruptions)} corruptions"
         )
-        base_name = "ImageNet-C" if imagenet_c else f"{first['dataset_name']}, corrupted on the fly"
+        complete = (
+            imagenet_c
+            and set(corruptions) == set(ALEXNET_ERR)
+            and all(sorted(severities[c]) == list(IMAGENET_C_SEVERITIES) for c in corruptions)
+        )
+        if imagenet_c:
+            # the model-index groups metrics by dataset type, config, split and revision: a partial aggregate names
+            # the corruptions and severities it read there, so it never shares an entry with the full one
+            levels = sorted({s for v in severities.values() for s in v})
+            config = None if complete else ",".join(corruptions)
+            split = None if complete else ",".join(f"severity_{s}" for s in levels)
+            base_name = "ImageNet-C" if complete else f"ImageNet-C, {len(corruptions)} of 15 corruptions"
+        else:
+            config, split = first["dataset_config"], first["dataset_split"]
+            base_name = f"{first['dataset_name']}, corrupted on the fly"
         aggregate = {
             **first,
             # a local copy is typed by its benchmark name: the group's, not the first source's
             "dataset_type": "imagenet-c" if first["dataset_type"].startswith("imagenet-c/") else first["dataset_type"],
             "dataset_name": f"{base_name} ({what})",
-            "dataset_config": None if imagenet_c else first["dataset_config"],
-            "dataset_split": None if imagenet_c else first["dataset_split"],
+            "dataset_config": config,
+            "dataset_split": split,
             "group": "aggregate",
             "severity": None,
             "corruption": None,
@@ -188,11 +202,6 @@ class RobustnessReport:
             "skipped": sum(r["skipped"] for group in by_corruption.values() for r in group),
             "skipped_by_kind": {},
         }
-        complete = (
-            imagenet_c
-            and set(corruptions) == set(ALEXNET_ERR)
-            and all(sorted(severities[c]) == list(IMAGENET_C_SEVERITIES) for c in corruptions)
-        )
         usable = all(len(errors.get(c, [])) == len(severities[c]) for c in corruptions)
         if imagenet_c and set(corruptions) <= set(ALEXNET_ERR):
             value = mean_corruption_error(errors) / 100 if usable else None
@@ -203,9 +212,8 @@ class RobustnessReport:
                 missing = [c for c in ALEXNET_ERR if c not in by_corruption]
                 rows.append(
                     {**aggregate, "benchmark": "imagenet-c-partial", "metric": "partial_mce", "value": value,
-                     "dataset_name": f"ImageNet-C, partial: {what} of 15 x 5; not comparable with published mCE",
                      "params": {"reference": "AlexNet", "corruptions": corruptions, "severities": severities,
-                                "missing": missing, **cap}}
+                                "missing": missing, "comparable_with_published_mce": False, **cap}}
                 )  # fmt: skip
         mean_accuracy = self._mean([r["value"] for group in by_corruption.values() for r in group])
         rows.append({**aggregate, "benchmark": "imagenet-c" if imagenet_c else "corruptions", "metric": "accuracy",
