@@ -57,6 +57,7 @@ CHECKPOINT_PATTERNS = (
     "model.safetensors.index.json",
     "config.json",
     "preprocessor_config.json",
+    "adapter_config.json",
     NOISE_BANK_FILE,
     NOISE_HISTORY_FILE,
 )

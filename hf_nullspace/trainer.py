@@ -584,6 +584,8 @@ class NullspaceTrainer(Trainer):
         "preprocessor_config.json",
         "model*.safetensors",
         "model.safetensors.index.json",
+        "adapter_config.json",  # a LoRA run (lora.py) saves its adapter instead of the model
+        "adapter_model.safetensors",
     )
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
