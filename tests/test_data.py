@@ -408,3 +408,31 @@ def test_registry_wnid_and_numeric_folders(tmp_path):
         _noise().save(tmp_path / "v2" / label / f"{label}.png")
     batches = list(iter_benchmark(get_benchmark("imagenet-v2", path=str(tmp_path / "v2")), EvalTransform(8), 8))
     assert sorted(batches[0]["labels"].tolist()) == [0, 1, 2, 10]
+
+
+def test_original_release_layouts_of_imagenet_c_and_a(tmp_path):
+    """The original ImageNet-C release (`<corruption>/<severity>/<wnid>/`, 1000 classes) is read one severity at a
+    time; the original ImageNet-A release (`<wnid>/` folders of the 200 classes) maps to 0..199."""
+    from hf_nullspace.data.imagenet_classes import IMAGENET_A_WNIDS
+    from hf_nullspace.data.sources import resolve_sources
+
+    tiny = Image.new("RGB", (4, 4))
+    for k in range(1000):  # severity 2: one image per class; severity 1: two
+        os.makedirs(tmp_path / "c" / "fog" / "2" / f"n{k:08d}")
+        tiny.save(tmp_path / "c" / "fog" / "2" / f"n{k:08d}" / "x.png")
+    for k in (0, 1):
+        os.makedirs(tmp_path / "c" / "fog" / "1" / f"n{k:08d}")
+        tiny.save(tmp_path / "c" / "fog" / "1" / f"n{k:08d}" / "x.png")
+    for k in (3, 150):
+        os.makedirs(tmp_path / "a" / IMAGENET_A_WNIDS[k])
+        _noise().save(tmp_path / "a" / IMAGENET_A_WNIDS[k] / "x.jpg")
+    specs = {"imagenet-c/fog/2": get_benchmark("imagenet-c/fog/2", path=str(tmp_path / "c")),
+             "imagenet-a": get_benchmark("imagenet-a", path=str(tmp_path / "a"))}  # fmt: skip
+    resolved = resolve_sources(specs)
+    assert resolved["imagenet-c/fog/2"].num_rows == 1000 and resolved["imagenet-a"].builder == "imagefolder"
+    labels = torch.cat([b["labels"] for b in iter_benchmark(specs["imagenet-c/fog/2"], EvalTransform(4), 500)])
+    assert sorted(labels.tolist()) == list(range(1000))
+    batches = list(iter_benchmark(specs["imagenet-a"], EvalTransform(8), batch_size=4))
+    assert sorted(batches[0]["labels"].tolist()) == [3, 150]
+    with pytest.raises(ValueError, match="2 WordNet-id class folders"):  # severity 1 lacks classes: caught first
+        resolve_sources({"imagenet-c/fog/1": get_benchmark("imagenet-c/fog/1", path=str(tmp_path / "c"))})

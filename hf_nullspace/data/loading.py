@@ -141,17 +141,15 @@ def load_image_dataset(
     common = {"streaming": streaming, "cache_dir": cache_dir}
     local_files = sorted(glob(name_or_path)) if not os.path.isdir(name_or_path) and data_files is None else []
     if os.path.isdir(name_or_path) and data_files is None and not _has_yaml_configs(name_or_path):
-        directory = name_or_path
-        if config_name is not None:
-            candidates = [os.path.join(directory, config_name), os.path.join(directory, "data", config_name)]
-            directory = next((path for path in candidates if os.path.isdir(path)), None)
-            if directory is None:
-                raise ValueError(f"Config {config_name!r} not found: none of {candidates} is a folder.")
+        requested = split
+        directory, split = config_directory(name_or_path, config_name, split)
         files = [path for path in glob(os.path.join(directory, "**", "*"), recursive=True) if os.path.isfile(path)]
         builder = _builder_for(files)
         if builder is None:
             raise ValueError(f"No parquet, arrow, tar or image files found under {directory!r}.")
         found = _local_data_files(directory, builder)
+        if split is None and requested is not None:  # the split was a sub-folder: its only split
+            split = next(iter(found)) if len(found) == 1 else _local_split(requested, list(found), name_or_path)
         split = _local_split(split, list(found), name_or_path)
         if builder == "imagefolder":
             return datasets.load_dataset("imagefolder", data_dir=directory, split=split, **common)
@@ -179,6 +177,33 @@ def load_image_dataset(
             "`data_files={'test': 'test/*.tar'}` (the shards' folder) to read it as a webdataset."
         )
     return dataset
+
+
+def config_directory(root: str, config_name: str | None, split: str | None) -> tuple[str, str | None]:
+    """The folder of a configuration (and split) in a local copy without a README `configs:` block.
+
+    The configuration is the sub-folder `<config_name>` or `data/<config_name>`. A split that is a sub-folder of it
+    (`<split>/`, or `<s>/` for a split named `severity_<s>`: the original ImageNet-C release
+    `<corruption>/<severity>/<wnid>/`) is that sub-folder, read as its only split.
+
+    Returns:
+        `(folder, split)`: the folder to read, and the split to ask for in it (`None` for its only one).
+
+    Raises:
+        `ValueError`: when the configuration's folder does not exist.
+    """
+    directory = root
+    if config_name is not None:
+        candidates = [os.path.join(root, config_name), os.path.join(root, "data", config_name)]
+        directory = next((path for path in candidates if os.path.isdir(path)), None)
+        if directory is None:
+            raise ValueError(f"Config {config_name!r} not found: none of {candidates} is a folder.")
+        if split is not None:
+            names = [split] + ([split.split("_", 1)[1]] if split.startswith("severity_") else [])
+            for name in names:
+                if os.path.isdir(os.path.join(directory, name)):
+                    return os.path.join(directory, name), None
+    return directory, split
 
 
 def _local_split(split: str | None, available: list[str], source: str) -> str | None:

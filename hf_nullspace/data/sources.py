@@ -28,6 +28,7 @@ from .loading import (
     _has_yaml_configs,
     _local_data_files,
     _local_split,
+    config_directory,
 )
 
 logger = logging.getLogger(__name__)
@@ -158,12 +159,7 @@ def probe_local(spec) -> ResolvedSource:
         files, split = _yaml_config_files(path, spec.config_name, split)
         builder = _builder_for(files)
     elif os.path.isdir(path):
-        directory = path
-        if spec.config_name is not None:
-            candidates = [os.path.join(path, spec.config_name), os.path.join(path, "data", spec.config_name)]
-            directory = next((c for c in candidates if os.path.isdir(c)), None)
-            if directory is None:
-                raise ValueError(f"config {spec.config_name!r} not found: none of {candidates} is a folder.")
+        directory, split = config_directory(path, spec.config_name, split)
         every = [f for f in glob(os.path.join(directory, "**", "*"), recursive=True) if os.path.isfile(f)]
         builder = _builder_for(every)
         if builder is None:
@@ -171,7 +167,7 @@ def probe_local(spec) -> ResolvedSource:
         found = _local_data_files(directory, builder)
         if not found:
             raise ValueError(f"no {builder} files that datasets would read as a split under {directory}.")
-        split = _local_split(split, list(found), path)
+        split = _local_split(split, list(found), path) if split is not None else next(iter(found))
         files = sorted(found[split]) if split is not None else sorted(f for fs in found.values() for f in fs)
     else:
         files = sorted(glob(path))
@@ -388,7 +384,7 @@ def _message(problems: Mapping[str, str], suite_name: str | None, total: int) ->
     for (group, reason), sources in grouped.items():
         names = sources[0] if len(sources) == 1 else f"{len(sources)} sources ({sources[0]} ... {sources[-1]})"
         lines.append(f"  - {group}, {names}: {reason}")
-    suite = f"suite {suite_name!r}" if suite_name else "the suite"
+    suite = f"suite {suite_name!r}" if suite_name else "suite"
     return (
         f"The robustness {suite} cannot run: {len(problems)} of its {total} sources cannot be read (checked "
         "before any training or evaluation):\n" + "\n".join(lines) + "\n" + LOCAL_PATHS_HELP
