@@ -126,3 +126,24 @@ def test_two_models_side_by_side_report_figures_and_card(tmp_path):
     assert relative["value"] == pytest.approx(sum(ratios) / 2, rel=1e-6)
     card = build_model_card({"model_name": "tiny", "base_model": "base", "robustness": saved})
     assert {r.dataset_type for r in card.data.eval_results} == {"local"}
+
+
+def test_sample_caps_read_evenly_spaced_rows_and_are_stated(tmp_path):
+    from hf_nullspace.robustness.evaluate import _Selection
+
+    assert [i for i in range(12) if i in _Selection(4, 12)] == [2, 5, 8, 11]
+    assert [i for i in range(12) if i in _Selection(4, None)] == [0, 1, 2, 3]  # size unknown: the first rows
+    model = make_tiny_vit().eval()
+    data = write_images(tmp_path / "data", num=12)
+    suite = Suite("s", [Evaluation("clean"), Evaluation("fgsm@0.1", group="attack", attack="fgsm",
+                                                          params=(("epsilon", 0.1),))], spec(data))  # fmt: skip
+    report = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, sample_caps={"attack": 4}, progress=False)
+    rows = {r["benchmark"]: r for r in report.to_dict()["models"][0]["results"]}
+    assert rows["clean"]["num_samples"] == 12 and "max_samples" not in rows["clean"]["params"]
+    assert rows["fgsm@0.1"]["num_samples"] == 4 and rows["fgsm@0.1"]["params"] == {"epsilon": 0.1, "max_samples": 4}
+    assert rows["fgsm@0.1"]["sampling"]["selection"] == "evenly spaced over the 12 rows"
+    with pytest.raises(ValueError, match=r"Sample caps for \['cw'\] match nothing"):
+        evaluate_robustness({"m": model}, PROCESSOR, suite=suite, sample_caps={"cw": 4}, progress=False)
+    # bf16 autocast (meant for GPUs) runs on CPU too
+    bf16 = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, bf16=True, progress=False)
+    assert bf16.value("m", "clean") == pytest.approx(report.value("m", "clean"), abs=0.25)
