@@ -254,9 +254,10 @@ class AdversarialTraining:
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
         extra = {k: v for k, v in inputs.items() if k not in ("pixel_values", "labels")}
         generator = self.generator(trainer.args.seed, trainer.state.global_step, trainer.accelerator.process_index)
-        adv_pixel_values = self.adversarial_examples(
-            trainer.accelerator.unwrap_model(model), pixel_values, labels, generator
-        )
+        # the attack runs on the plain module (no DDP: no collective inside; no compiled graph to retrace for its
+        # frozen parameters and eval mode)
+        plain = trainer.accelerator.unwrap_model(model, keep_torch_compile=False)
+        adv_pixel_values = self.adversarial_examples(plain, pixel_values, labels, generator)
         batch_size = pixel_values.shape[0]
         if trainer.nullspace_args.noise_shared_forward:
             outputs = model(pixel_values=torch.cat([pixel_values, adv_pixel_values]), **extra)

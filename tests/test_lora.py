@@ -289,3 +289,15 @@ def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_pat
         expected = local.eval()(pixel_values=pixel_values).logits
     torch.testing.assert_close(load_file(tmp_path / "hub.safetensors")["logits"], expected, rtol=1e-5, atol=1e-5)
     assert TOKEN not in log_path.read_text()
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_noise_and_one_adapter(tmp_path, trained_tiny_vit):
+    from test_distributed import assert_ranks_in_step, launch, write_id_shards
+    from test_finetune import save_model
+
+    data, _ = write_id_shards(tmp_path / "data", num_shards=2)
+    model = save_model(tmp_path / "model", copy.deepcopy(trained_tiny_vit))
+    states, _ = launch(data, model, str(tmp_path / "out"), "--use_lora", "true", "--lora_r", "4")
+    assert_ranks_in_step(states)  # one noise per refresh on both ranks, the same weights at the end
+    assert any(".lora_A." in key for key in states[0]["tensors"])
