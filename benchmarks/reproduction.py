@@ -119,8 +119,9 @@ def run(config, args) -> dict:
     seconds = None
     if not os.path.isfile(results_file):
         start = time.perf_counter()
-        subprocess.run(command(config, args, out), check=True, capture_output=True, text=True,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"))  # fmt: skip
+        # one thread per run: on a shared 2-core machine several runs with 2 threads each spin against each other
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+        subprocess.run(command(config, args, out), check=True, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - start
     results = json.load(open(results_file))
     finetuned = next(m for m in results["robustness"]["models"] if m["name"] == "finetuned")
@@ -255,14 +256,25 @@ def main():
     parser.add_argument("--samples", type=int, default=500, help="test images per robustness benchmark")
     parser.add_argument("--workdir", default="/tmp/hf_nullspace_reproduction")
     parser.add_argument("--name", default="reproduction", help="file stem of the results")
+    parser.add_argument("--workers", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = parser.parse_args()
-    runs = []
+    from concurrent.futures import ThreadPoolExecutor
+
     configs = list(configurations(args))
-    for i, config in enumerate(configs):
-        runs.append(run(config, args))
-        seconds = runs[-1]["seconds"]
-        print(f"[{i + 1}/{len(configs)}] {config}: clean {runs[-1]['columns']['clean|accuracy']:.4f}"
+    for dataset in args.datasets:
+        dataset_dir(dataset, args.workdir)  # build once, before the workers start
+
+    def one(indexed):
+        i, config = indexed
+        result = run(config, args)
+        seconds = result["seconds"]
+        print(f"[{i + 1}/{len(configs)}] {config}: clean {result['columns']['clean|accuracy']:.4f}"
               + (f" ({seconds:.0f} s)" if seconds else ""), flush=True)  # fmt: skip
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        runs = list(pool.map(one, enumerate(configs)))
     rows = summarise(runs)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
