@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-from transformers.utils import SAFE_WEIGHTS_NAME
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adversarial import ADVERSARIAL_MODES, AdversarialArguments, AdversarialTraining
 from .config import NullspaceArguments
@@ -323,12 +323,13 @@ class NullspaceTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         # transformers 5.x writes checkpoints under its legacy parameter names (e.g. `attention.attention.key`) and
-        # Trainer reloads them without converting, silently skipping those weights (seen with 5.23 on ViT):
-        # reload through from_pretrained, which converts, so a resumed run really starts from the checkpoint.
+        # Trainer reloads them without converting, silently skipping those weights (seen with 5.23 on ViT), from a
+        # single `model.safetensors` and from shards (`model.safetensors.index.json`) alike: reload through
+        # from_pretrained, which converts, so a resumed run really starts from the checkpoint. FSDP resumes from its
+        # own state dict (`pytorch_model_fsdp*`, module names) into sharded parameters: left to it.
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if isinstance(target, PreTrainedModel) and os.path.isfile(
-            os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
-        ):
+        saved = [os.path.join(resume_from_checkpoint, name) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)]
+        if not self.is_fsdp_enabled and isinstance(target, PreTrainedModel) and any(map(os.path.isfile, saved)):
             dtype = next(target.parameters()).dtype
             reloaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config, dtype=dtype)
             target.load_state_dict(reloaded.state_dict())
@@ -340,6 +341,10 @@ class NullspaceTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir}).")
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            # the noise bank is training state on every engine: restored here too, because under DeepSpeed the
+            # Trainer resumes through the engine's own checkpoint and never calls `_load_from_checkpoint`
+            self.load_noise_state(resume_from_checkpoint)
         # the noise hook is installed once for the run (before any forward pass, so a compiled model is traced with
         # it) and removed afterwards; steps only switch it on and off
         self._keep_noise_hook = True
