@@ -135,3 +135,34 @@ def test_precropped_imagenet_c_is_scored_as_stored(mirrors):
     cropped = evaluate_robustness({"m": model}, crop, suite=suite, progress=False)
     squashed = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, progress=False)
     assert cropped.to_dict()["models"][0]["details"] == squashed.to_dict()["models"][0]["details"]
+
+
+def test_the_main_job_fails_before_loading_anything_naming_the_missing_benchmark(mirrors, tmp_path):
+    from test_finetune import cli_args, save_model
+
+    from hf_nullspace.finetune import main
+
+    model = save_model(tmp_path / "model", make_tiny_vit(num_labels=1000))
+    out = tmp_path / "out"
+    paths = [f"{k}={v}" for k, v in mirrors.items() if k not in ("imagenet", "imagenet-v2")]
+    args = cli_args(mirrors["imagenet"], model, str(out), "--robustness_paths", *paths,
+                    "--robustness_corruptions", *CORRUPTIONS, "--robustness_severities", "1", "5")  # fmt: skip
+    args[args.index("--robustness_suite") + 1] = "imagenet"
+    start = time.perf_counter()
+    with pytest.raises(MissingBenchmarksError) as error:
+        main(args)
+    assert time.perf_counter() - start < 10
+    assert list(error.value.problems) == ["imagenet-v2"] and "imagenet-v2=PATH" in str(error.value)
+    assert not out.exists(), "nothing was trained or written"
+    # a head whose classes are permuted is refused before training too, unless remapped
+    permuted = make_tiny_vit(num_labels=1000, num_hidden_layers=5)  # PatchFool selects at layer 4
+    permuted.config.id2label = {i: IMAGENET_NAMES[(i + 1) % 1000] for i in range(1000)}
+    permuted.save_pretrained(tmp_path / "permuted")
+    PROCESSOR.save_pretrained(tmp_path / "permuted")
+    args[args.index("--model_name_or_path") + 1] = str(tmp_path / "permuted")
+    args[args.index("--robustness_paths") + 1 : args.index("--robustness_paths") + 1] = [
+        f"imagenet-v2={mirrors['imagenet-v2']}"
+    ]
+    with pytest.raises(LabelOrderError, match="model 'base' on 'data'"):
+        main(args)
+    assert not (out / "checkpoint-2").exists()
