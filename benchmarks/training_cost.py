@@ -1,15 +1,40 @@
-"""Training cost side by side: per-step time and peak memory of NullspaceTrainer (modes none, random, nullspace; shared
-or separate clean/noisy forward) against a plain `transformers.Trainer` and a straightforward implementation of the
-authors' loop (ALGORITHM.md section 3), on the same model, batch and data.
+"""Training cost, as a user gets it: per-step time of NullspaceTrainer (modes none, random, nullspace, and the
+synthesis options) next to a plain `transformers.Trainer`, a bare PyTorch loop (the floor: what the Trainer itself
+adds) and the authors' loop (a bare PyTorch loop doing the method's work: a synthesis every refresh, the clean and
+noisy copies in one doubled batch), on the same model, data and batch size, with library defaults.
 
-Each variant runs in its own process (so peak RSS is its own), repeats are interleaved (A B C A B C ...) and the
-report gives medians and ratios to the plain Trainer measured in the same run.
+How it measures, and why (an earlier version, one process per variant timing `trainer.train()`, disagreed with
+in-process timings by up to 0.4x the plain Trainer's step):
 
-    python benchmarks/training_cost.py                      # bundled ViT and MNIST, 40 steps = one refresh period
-    python benchmarks/training_cost.py --steps 80 --repeats 5 --refresh 40
+- One process. Every variant is built first (model copy, `TrainingArguments`, trainer), then all run together, one
+  thread each, stepping in turn: step k of every variant runs at nearly the same moment (A1 B1 C1 A2 B2 C2 ...), so
+  load from anything else on the machine hits all variants alike. Each run keeps its own random state across turns.
+  Before the timed repeats every variant runs 2 untimed steps with a synthesis (kernel and allocator set-up for the
+  clean and the doubled batch): a per-process timing of a 1-2 s run had those one-off costs inside it.
+- A step is timed from the end of the previous one to its own end (loading the next batch is in; `train()`'s set-up
+  is not). The cost of a refresh period is the sum of its steps, synthesis included; ratios to the plain Trainer are
+  taken within a repeat, then the median over repeats.
+- Library defaults everywhere (`TrainingArguments` and `NullspaceArguments()`); a variant changes only the mode or
+  the option it names.
+- Threads: `--threads` (default: torch's, the core count). On a machine shared with other jobs, more than one torch
+  thread per process makes every timing erratic (OpenMP threads waiting on preempted siblings: 10x and more on a
+  2-core machine with 3 busy processes); there, `--threads 1` gives stable ratios.
+- Peak memory (`--memory`): each variant once more in its own process, 2 steps with a synthesis; peak RSS (CPU) or
+  peak allocated CUDA memory, and its ratio to the plain Trainer's.
+
+Shapes: `bundled` (the bundled ViT and MNIST digits, 32 px, batch 32, 80 steps = two refresh periods of 40, all
+timed), `vit-s16` and `vit-b16` (random init, 224 px, patch 16, batch 8, 1000 classes, random images; a few steps per
+run, the first with the synthesis: the cost of a 40-step refresh period is composed as 40 x the median step without
+synthesis + the synthesis), and `tiny` (a smoke test of the same path).
+
+    python benchmarks/training_cost.py --threads 1                 # bundled model, about 10 minutes on 2 cores
+    python benchmarks/training_cost.py --threads 1 --shape vit-b16  # ViT-B/16 shape on CPU
+    python benchmarks/training_cost.py --shape vit-s16 --variants plain_trainer,nullspace,nullspace_sub_batch
+    bash benchmarks/gpu.sh                                         # ViT-B/16, bf16, on one GPU
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -17,235 +42,580 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import types
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("plain_trainer", "none", "random", "nullspace", "nullspace_separate", "authors_loop")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+# variant -> (kind, NullspaceArguments overrides); kind: "trainer", "nullspace_trainer", "bare"
+VARIANTS = {
+    "bare_clean": ("bare", {"nullspace_mode": "none"}),
+    "plain_trainer": ("trainer", {}),
+    "none": ("nullspace_trainer", {"nullspace_mode": "none"}),
+    "random": ("nullspace_trainer", {"nullspace_mode": "random"}),
+    "nullspace": ("nullspace_trainer", {}),
+    "authors_loop": ("bare", {}),
+    # options, measured on demand (--variants)
+    "nullspace_separate": ("nullspace_trainer", {"noise_shared_forward": False}),
+    "nullspace_sub_batch": ("nullspace_trainer", {"noise_synthesis_batch_size": "quarter"}),
+    "nullspace_warm_start": ("nullspace_trainer", {"noise_warm_start": True}),
+    "nullspace_sub_batch_warm_start": (
+        "nullspace_trainer",
+        {"noise_synthesis_batch_size": "quarter", "noise_warm_start": True},
+    ),
+}
+DEFAULT_VARIANTS = ("bare_clean", "plain_trainer", "none", "random", "nullspace", "authors_loop")
+
+SHAPES = {
+    "bundled": dict(batch_size=32, steps=80, repeats=5, samples=1024),
+    # ViT-S/16 and ViT-B/16 (Dosovitskiy et al. / DeiT): hidden, layers, heads, MLP
+    "vit-s16": dict(batch_size=8, steps=4, repeats=3, samples=64, hidden=384, layers=12, heads=6, mlp=1536),
+    "vit-b16": dict(batch_size=8, steps=3, repeats=2, samples=48, hidden=768, layers=12, heads=12, mlp=3072),
+    # a smoke test of the same path (benchmarks/gpu.sh --tiny)
+    "tiny": dict(batch_size=8, steps=4, repeats=1, samples=32, hidden=64, layers=2, heads=2, mlp=128),
+}
 
 
-def load_data(num: int):
+# ---- model and data -------------------------------------------------------------------------------------------------
+
+
+def build(shape: str, samples: int, seed: int = 0):
+    """(model, dataset of {"pixel_values", "labels"} rows) for a shape."""
     import torch
+    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
-    from hf_nullspace.data import SkipCounter, collate_fn, load_image_dataset, prepare_dataset
-    from hf_nullspace.data.bundled import BUNDLED_MNIST
-    from hf_nullspace.data.transforms import EvalTransform
+    torch.manual_seed(seed)
+    if shape == "bundled":
+        from hf_nullspace.data import SkipCounter, collate_fn, load_image_dataset, prepare_dataset
+        from hf_nullspace.data.transforms import EvalTransform
 
-    dataset = load_image_dataset(BUNDLED_MNIST, split="train")
-    dataset = prepare_dataset(dataset.select(range(num)), EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3), "image",
-                              "label", 10, SkipCounter())  # fmt: skip
-    batch = collate_fn(dataset.__getitems__(list(range(num))))
-    return torch.utils.data.TensorDataset(batch["pixel_values"], batch["labels"])
+        model = AutoModelForImageClassification.from_pretrained(
+            os.path.join(ROOT, "hf_nullspace", "assets", "vit-tiny-mnist")
+        )
+        dataset = load_image_dataset(os.path.join(ROOT, "hf_nullspace", "assets", "mnist"), split="train")
+        dataset = prepare_dataset(dataset.select(range(samples)), EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3),
+                                  "image", "label", 10, SkipCounter())  # fmt: skip
+        batch = collate_fn(dataset.__getitems__(list(range(samples))))
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+    else:
+        spec = SHAPES[shape]
+        config = ViTConfig(
+            image_size=224, patch_size=16, num_channels=3, hidden_size=spec["hidden"],
+            num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], intermediate_size=spec["mlp"],
+            num_labels=1000,
+        )  # fmt: skip
+        model = ViTForImageClassification(config)
+        generator = torch.Generator().manual_seed(seed)
+        pixel_values = torch.randn(samples, 3, 224, 224, generator=generator)
+        labels = torch.randint(0, 1000, (samples,), generator=generator)
+    return model, Rows(pixel_values, labels)
 
 
-class Rows(__import__("torch").utils.data.Dataset):
-    def __init__(self, tensors):
-        self.tensors = tensors
+class Rows:
+    """A map-style dataset of {"pixel_values", "labels"} rows over two tensors."""
+
+    def __init__(self, pixel_values, labels):
+        self.pixel_values, self.labels = pixel_values, labels
 
     def __len__(self):
-        return len(self.tensors)
+        return len(self.labels)
 
     def __getitem__(self, i):
-        pixel_values, labels = self.tensors[i]
-        return {"pixel_values": pixel_values, "labels": labels}
+        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
 
 
-class LoaderPixels:
-    """Re-iterable pixel batches of a loader: a fresh batch per update, nothing reused."""
+def nullspace_arguments(overrides: dict, batch_size: int):
+    from hf_nullspace import NullspaceArguments
 
-    def __init__(self, loader):
-        self.loader = loader
+    overrides = dict(overrides)
+    if overrides.get("noise_synthesis_batch_size") == "quarter":
+        overrides["noise_synthesis_batch_size"] = max(1, batch_size // 4)
+    return NullspaceArguments(**overrides)
 
-    def __iter__(self):
-        return (batch[0] for batch in self.loader)
+
+# ---- one timed run of a variant -------------------------------------------------------------------------------------
 
 
-def authors_loop(model, data, args, nullspace_args):
-    """The authors' loop, straightforwardly: separate clean and noisy passes, a fresh noise every refresh steps,
-    synthesised on successive loader batches with a clean forward per update (no reuse)."""
+class Baton:
+    """Step-level interleaving of several runs, one thread each: only the holder runs; each passes the baton on after
+    every optimiser step, so step k of every variant runs at nearly the same moment (A1 B1 C1 A2 B2 C2 ...). Each
+    run keeps its own random state (torch, CUDA, numpy, random) across turns, so it draws what it would draw alone."""
+
+    def __init__(self, names):
+        self.order, self.done = list(names), set()
+        self.turn = 0
+        self.condition = threading.Condition()
+        self.rng = {}
+
+    def wait(self, name):
+        with self.condition:
+            self.condition.wait_for(lambda: self.order[self.turn] == name)
+        if name in self.rng:
+            _set_rng_state(self.rng.pop(name))
+
+    def pass_on(self, name, finished=False):
+        if not finished:
+            self.rng[name] = _get_rng_state()
+        with self.condition:
+            if finished:
+                self.done.add(name)
+            if len(self.done) < len(self.order):
+                self.turn = (self.turn + 1) % len(self.order)
+                while self.order[self.turn] in self.done:
+                    self.turn = (self.turn + 1) % len(self.order)
+            self.condition.notify_all()
+
+
+def _get_rng_state():
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def _set_rng_state(state):
+    import random
+
+    import numpy as np
+    import torch
+
+    cpu, cuda, numpy_state, python_state = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+
+
+class StepClock:
+    """The duration of every optimiser step; as a TrainerCallback or called by the bare loops. A step runs from the
+    end of the previous one (so loading the next batch is in) or, for the first, from its own start; between steps
+    the baton goes round the other variants and that time is not counted."""
+
+    def __init__(self, name=None, baton=None):
+        self.name, self.baton = name, baton
+        self.durations, self._start = [], None
+
+    def begin(self):
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def end(self):
+        import torch
+
+        if torch.cuda.is_available() and not _use_cpu():
+            torch.cuda.synchronize()  # the Trainer syncs on every step's loss anyway (its NaN filter)
+        self.durations.append(time.perf_counter() - self._start)
+        if self.baton is not None:
+            self.baton.pass_on(self.name)
+            self.baton.wait(self.name)
+        self._start = time.perf_counter()
+
+    def as_callback(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock.begin()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.end()
+
+        return Callback()
+
+
+def training_arguments(workdir, steps, batch_size):
+    """Library defaults; only what a benchmark must set (no saving, no progress bar, the step count, the device)."""
+    from transformers import TrainingArguments
+
+    training = TrainingArguments(output_dir=workdir, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 use_cpu=_use_cpu(), report_to="none", save_strategy="no", disable_tqdm=True,
+                                 bf16=_bf16())  # fmt: skip
+    _ = training.device  # sets up (and resets) accelerate's shared state: here, before any run starts, not during one
+    return training
+
+
+def training_defaults():
+    """`TrainingArguments`' defaults, read without making one (that would reset accelerate's shared state)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(TrainingArguments)})
+
+
+def prepare_trainer(kind, model, data, overrides, batch_size, steps, workdir, clock):
+    from transformers import Trainer
+
+    from hf_nullspace import NullspaceTrainer
+
+    training = training_arguments(workdir, steps, batch_size)
+    common = dict(model=model, args=training, train_dataset=data, callbacks=[clock.as_callback()])
+    if kind == "trainer":
+        trainer = Trainer(**common)
+    else:
+        trainer = NullspaceTrainer(**common, nullspace_args=nullspace_arguments(overrides, batch_size))
+
+    def run():
+        trainer.train()
+        return list(getattr(trainer, "noise_history", []))
+
+    return run
+
+
+def run_bare(model, data, overrides, batch_size, steps, clock, defaults):
+    """A bare PyTorch loop with the Trainer's defaults (AdamW as the Trainer builds it, linear decay, clipping at 1.0,
+    shuffled loader); with noise it does the method's work as the authors' loop does: a synthesis on the current
+    batch every refresh, clean and noisy copies in one doubled forward (a hook registered once)."""
     import torch
     import torch.nn.functional as F
+    from transformers import set_seed
 
-    from hf_nullspace.embedding import inject_noise
-    from hf_nullspace.synthesis import synthesize_noise
+    from hf_nullspace import synthesize_noise
+    from hf_nullspace.embedding import find_patch_embedding
 
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = iter(loader)
-    synthesis_seconds, start, step = 0.0, time.perf_counter(), 0
-    while step < args.steps:
-        try:
-            pixel_values, labels = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            continue
-        if step % args.refresh == 0:
-            t = time.perf_counter()
-            noise = synthesize_noise(model, LoaderPixels(loader), nullspace_args).noise
-            synthesis_seconds += time.perf_counter() - t
-        model.train()
-        clean = model(pixel_values=pixel_values).logits
-        with inject_noise(model, noise):
-            noisy = model(pixel_values=pixel_values).logits
-        loss = F.cross_entropy(clean, labels) + F.cross_entropy(noisy, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-    return time.perf_counter() - start, synthesis_seconds
+    device = torch.device("cpu" if _use_cpu() else "cuda")
+    model.to(device).train()
+    args = nullspace_arguments(overrides, batch_size)
+    set_seed(defaults.seed)  # as Trainer.train does
+    optimizer = torch.optim.AdamW(model.parameters(), lr=defaults.learning_rate, weight_decay=defaults.weight_decay,
+                                  fused=defaults.optim == "adamw_torch_fused")  # fmt: skip
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / steps))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=False)
+    noisy = args.nullspace_mode != "none"
+    noise_pair, history, training_forward = None, [], False
+    if noisy:
+        _, projection = find_patch_embedding(model)
+
+        def hook(module, inputs, output):  # during the training forward: clean first half, noisy second half
+            if not training_forward:
+                return None
+            pair = noise_pair.view(2, 1, *output.shape[1:]).to(output.dtype)
+            return (output.unflatten(0, (2, -1)) + pair).flatten(0, 1)
+
+        handle = projection.register_forward_hook(hook)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16())
+    step = 0
+    try:
+        while step < steps:
+            for batch in loader:
+                if step >= steps:
+                    break
+                pixel_values, labels = batch["pixel_values"].to(device), batch["labels"].to(device)
+                clock.begin()
+                if noisy and step % args.noise_refresh_steps == 0:
+                    t = time.perf_counter()
+                    rows = args.noise_synthesis_batch_size or batch_size
+                    with autocast:
+                        result = synthesize_noise(model, pixel_values[:rows], args)
+                    noise = result.noise.transpose(1, 2)  # (1, D, N), viewed as (1, D, h, w) in the hook
+                    noise_pair = torch.stack([torch.zeros_like(noise), noise])
+                    history.append({"updates": result.updates, "seconds": time.perf_counter() - t})
+                with autocast:
+                    if noisy:
+                        training_forward = True
+                        logits = model(pixel_values=torch.cat([pixel_values, pixel_values])).logits.float()
+                        training_forward = False
+                        clean, noisy_logits = logits.split(len(labels))
+                        loss = F.cross_entropy(clean, labels) + args.noisy_loss_weight * F.cross_entropy(
+                            noisy_logits, labels
+                        )
+                    else:
+                        loss = F.cross_entropy(model(pixel_values=pixel_values).logits.float(), labels)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), defaults.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                clock.end()
+                step += 1
+    finally:
+        if noisy:
+            handle.remove()
+    return history
 
 
-def worker(args) -> dict:
-    import torch
-    from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
+_DEVICE = {"cpu": True, "bf16": False}
 
-    from hf_nullspace import NullspaceArguments, NullspaceTrainer
 
-    torch.manual_seed(0)
-    data = load_data(args.samples)
-    model = AutoModelForImageClassification.from_pretrained(args.model)
-    mode = {"plain_trainer": "none", "nullspace_separate": "nullspace", "authors_loop": "nullspace"}.get(
-        args.variant, args.variant
-    )
-    nullspace_args = NullspaceArguments(
-        nullspace_mode=mode,
-        noise_refresh_steps=args.refresh,
-        noise_max_updates=args.max_updates,
-        noise_init_limit=args.init_limit,
-        noise_shared_forward=args.variant != "nullspace_separate",
-    )
-    if args.variant == "authors_loop":
-        seconds, synthesis = authors_loop(model, data, args, nullspace_args)
-        updates = None
+def _use_cpu():
+    return _DEVICE["cpu"]
+
+
+def _bf16():
+    return _DEVICE["bf16"]
+
+
+def prepare_variant(variant, base_model, data, batch_size, steps, workdir, fresh_copy=True, baton=None):
+    """Builds a run of `variant` (model copy, arguments, trainer: all of accelerate's set-up) and returns a function
+    that runs it and returns its record."""
+    kind, overrides = VARIANTS[variant]
+    model = copy.deepcopy(base_model) if fresh_copy else base_model
+    clock = StepClock(variant, baton)
+    if kind == "bare":
+        defaults = training_defaults()
+        train = lambda: run_bare(model, data, overrides, batch_size, steps, clock, defaults)  # noqa: E731
     else:
-        training = TrainingArguments(
-            output_dir=os.path.join(args.workdir, args.variant), max_steps=args.steps, use_cpu=True,
-            per_device_train_batch_size=args.batch_size, learning_rate=1e-4, report_to="none", save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
-        )  # fmt: skip
-        common = dict(model=model, args=training, train_dataset=Rows(data))
-        trainer = (
-            Trainer(**common)
-            if args.variant == "plain_trainer"
-            else NullspaceTrainer(**common, nullspace_args=nullspace_args)
-        )
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-        history = getattr(trainer, "noise_history", [])
-        synthesis = sum(r["seconds"] for r in history)
-        updates = [r["updates"] for r in history]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "synthesis_seconds": synthesis, "peak_rss_mb": peak_mb, "updates": updates}
+        train = prepare_trainer(kind, model, data, overrides, batch_size, steps, os.path.join(workdir, variant), clock)
+
+    def run() -> dict:
+        history = train()
+        return {
+            "seconds": sum(clock.durations),
+            "per_step": clock.durations,
+            "synthesis": [r["seconds"] for r in history],
+            "updates": [r.get("updates") for r in history],
+        }
+
+    return run
 
 
-def profile(args) -> dict:
-    """Where the time of one nullspace step goes: forward+backward of the doubled batch, optimiser, synthesis."""
+def run_interleaved(variants, base_model, data, batch_size, steps, workdir) -> dict:
+    """Runs every variant in its own thread, stepping in turn (see `Baton`); returns variant -> record."""
     import torch
-    from transformers import AutoModelForImageClassification
 
-    from hf_nullspace import NullspaceArguments, synthesize_noise
-    from hf_nullspace.embedding import inject_noise
+    baton, results, errors = Baton(variants), {}, []
+    threads_in_use = torch.get_num_threads()
+    runs = {v: prepare_variant(v, base_model, data, batch_size, steps, workdir, baton=baton) for v in variants}
 
-    torch.manual_seed(0)
-    data = load_data(args.batch_size * 4)
-    model = AutoModelForImageClassification.from_pretrained(args.model)
-    pixel_values, labels = data.tensors[0][: args.batch_size], data.tensors[1][: args.batch_size]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    result = synthesize_noise(model, pixel_values, NullspaceArguments(noise_max_updates=args.max_updates,
-                                                                      noise_init_limit=args.init_limit))  # fmt: skip
-    timings = {"forward_backward_clean": [], "forward_backward_doubled": [], "optimizer_step": []}
-    model.train()
-    for _ in range(10):
-        t = time.perf_counter()
-        model(pixel_values=pixel_values, labels=labels).loss.backward()
-        timings["forward_backward_clean"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        with inject_noise(model, result.noise, rows=slice(args.batch_size, 2 * args.batch_size)):
-            model(pixel_values=torch.cat([pixel_values] * 2), labels=torch.cat([labels] * 2)).loss.backward()
-        timings["forward_backward_doubled"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad()
-        timings["optimizer_step"].append(time.perf_counter() - t)
-    t = time.perf_counter()
-    again = synthesize_noise(model, pixel_values, NullspaceArguments(noise_max_updates=args.max_updates,
-                                                                     noise_init_limit=args.init_limit))  # fmt: skip
-    synthesis = time.perf_counter() - t
-    medians = {k: statistics.median(v) for k, v in timings.items()}
-    medians["synthesis_per_refresh"] = synthesis
-    medians["synthesis_updates"] = again.updates
-    return medians
+    def work(variant):
+        torch.set_num_threads(threads_in_use)
+        baton.wait(variant)
+        try:
+            results[variant] = runs[variant]()
+        except BaseException as error:  # noqa: BLE001 - reported after the others finished
+            errors.append((variant, error))
+        finally:
+            baton.pass_on(variant, finished=True)
+
+    threads = [threading.Thread(target=work, args=(v,), name=v) for v in variants]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"variant {errors[0][0]} failed") from errors[0][1]
+    return results
+
+
+# ---- memory: each variant in its own process ------------------------------------------------------------------------
+
+
+def memory_worker(args) -> dict:
+    import torch
+
+    model, data = build(args.shape, args.samples)
+    model.to("cpu" if _use_cpu() else "cuda")
+    base = _rss_mb()
+    if torch.cuda.is_available() and not _use_cpu():
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated() / 2**20
+    prepare_variant(args.memory_worker, model, data, args.batch_size, 2, args.workdir, fresh_copy=False)()
+    result = {"base_rss_mb": base, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and not _use_cpu():
+        result.update(base_cuda_mb=base_cuda, peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20)
+    return result
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---- the report -----------------------------------------------------------------------------------------------------
+
+
+def _period(record: dict, steps: int, refresh: int, full_schedule: bool) -> tuple[float, float, float]:
+    """(seconds of one refresh period, of a step without synthesis, of synthesis per refresh) for one run."""
+    step = statistics.median(record["per_step"][1:] or record["per_step"])  # the first step holds a synthesis
+    synthesis = statistics.median(record["synthesis"]) if record["synthesis"] else 0.0
+    if full_schedule:  # steps = a whole number of refresh periods, all timed: nothing to compose
+        return record["seconds"] / steps * refresh, step, synthesis
+    return refresh * step + synthesis, step, synthesis
+
+
+def summarise(runs: dict, steps: int, refresh: int, full_schedule: bool, batch_size: int) -> dict:
+    """Per variant, medians over the interleaved repeats of: the cost of one refresh period (`refresh` steps and one
+    synthesis) per step, its ratio to the plain Trainer's in the same repeat, the synthesis share, and the same
+    without synthesis (a step's median)."""
+    summary = {}
+    reference = runs.get("plain_trainer")
+    for variant, records in runs.items():
+        periods = [_period(r, steps, refresh, full_schedule) for r in records]
+        synthesis = [s for r in records for s in r["synthesis"]]
+        updates = [u for r in records for u in r["updates"] if u is not None]
+        row = {
+            "seconds_per_step": statistics.median(p[0] for p in periods) / refresh,
+            "images_per_second": statistics.median(batch_size * refresh / p[0] for p in periods),
+            "seconds_per_step_without_synthesis": statistics.median(p[1] for p in periods),
+            "synthesis_seconds_per_refresh": statistics.median(synthesis) if synthesis else 0.0,
+            "synthesis_share": statistics.median(p[2] / p[0] for p in periods),
+            "updates_per_refresh_median": statistics.median(updates) if updates else None,
+            "updates_per_refresh": updates,
+            "seconds_per_update": (
+                statistics.median(s / u for s, u in zip(synthesis, updates) if u) if any(updates) else None
+            ),
+        }
+        if reference:
+            plain = [_period(r, steps, refresh, full_schedule) for r in reference]
+            row["ratio_to_plain_trainer"] = statistics.median(p[0] / q[0] for p, q in zip(periods, plain))
+            row["ratio_to_plain_trainer_without_synthesis"] = statistics.median(
+                p[1] / q[1] for p, q in zip(periods, plain)
+            )
+            row["ratio_per_repeat"] = [p[0] / q[0] for p, q in zip(periods, plain)]
+        summary[variant] = row
+    if {"plain_trainer", "bare_clean", "nullspace", "authors_loop"} <= set(summary):
+        # "nullspace costs no more than the authors' loop plus the plain Trainer's own overhead", per step, x plain
+        trainer_overhead = 1 - summary["bare_clean"]["ratio_to_plain_trainer"]
+        library_extra = (
+            summary["nullspace"]["ratio_to_plain_trainer"] - summary["authors_loop"]["ratio_to_plain_trainer"]
+        )
+        summary["_overheads"] = {
+            "plain_trainer_minus_bare_loop_x_plain": trainer_overhead,
+            "nullspace_minus_authors_loop_x_plain": library_extra,
+            "without_synthesis": {
+                "plain_trainer_minus_bare_loop_x_plain": 1
+                - summary["bare_clean"]["ratio_to_plain_trainer_without_synthesis"],
+                "nullspace_minus_authors_loop_x_plain": summary["nullspace"][
+                    "ratio_to_plain_trainer_without_synthesis"
+                ]
+                - summary["authors_loop"]["ratio_to_plain_trainer_without_synthesis"],
+            },
+        }
+    return summary
 
 
 def main():
-    from hf_nullspace.data.bundled import BUNDLED_MODEL
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=BUNDLED_MODEL)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--refresh", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--max-updates", type=int, default=300)
-    parser.add_argument("--init-limit", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "training_cost.json"))
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="bundled")
+    parser.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=int, help="optimiser steps per run (shape default)")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats (shape default)")
+    parser.add_argument("--batch-size", type=int, help="per-device batch size (shape default)")
+    parser.add_argument("--samples", type=int, help="training rows (shape default)")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="peak memory of each variant in its own process")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, the core count)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (cuda)")
+    parser.add_argument("--output", help="JSON path (default: benchmarks/results/training_cost[_SHAPE].json)")
     parser.add_argument("--workdir", default="/tmp/hf_nullspace_training_cost")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.worker:
-        args.variant = args.worker
-        print(json.dumps(profile(args) if args.worker == "profile" else worker(args)))
+    spec = SHAPES[args.shape]
+    for key in ("steps", "repeats", "batch_size", "samples"):
+        if getattr(args, key) is None:
+            setattr(args, key, spec[key])
+    _DEVICE.update(cpu=args.device == "cpu", bf16=args.bf16)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args)))
         return
 
-    variants = args.variants.split(",")
-    runs = {v: [] for v in variants}
-    forwarded = ["--model", args.model, "--steps", str(args.steps), "--refresh", str(args.refresh), "--batch-size",
-                 str(args.batch_size), "--samples", str(args.samples), "--max-updates", str(args.max_updates),
-                 "--init-limit", str(args.init_limit), "--workdir", args.workdir]  # fmt: skip
-    for repeat in range(args.repeats):
-        for variant in variants:  # interleaved: every variant sees the same machine state within a repeat
-            out = subprocess.run([sys.executable, __file__, "--worker", variant, *forwarded], capture_output=True,
-                                 text=True, check=True)  # fmt: skip
-            runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"repeat {repeat + 1}/{args.repeats} {variant}: {runs[variant][-1]['seconds']:.2f} s", flush=True)
-    out = subprocess.run([sys.executable, __file__, "--worker", "profile", *forwarded], capture_output=True, text=True,
-                         check=True)  # fmt: skip
-    breakdown = json.loads(out.stdout.strip().splitlines()[-1])
+    import torch
 
-    summary = {}
-    for variant, records in runs.items():
-        seconds = statistics.median(r["seconds"] for r in records)
-        synthesis = statistics.median(r["synthesis_seconds"] for r in records)
-        summary[variant] = {
-            "median_seconds": seconds,
-            "seconds_per_step": seconds / args.steps,
-            "synthesis_share": synthesis / seconds if seconds else 0.0,
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in records),
-            "updates_per_refresh": records[0]["updates"],
-        }
-    reference = summary.get("plain_trainer", next(iter(summary.values())))["median_seconds"]
-    for row in summary.values():
-        row["ratio_to_plain_trainer"] = row["median_seconds"] / reference
+    from hf_nullspace import NullspaceArguments
+
+    variants = args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    refresh = NullspaceArguments().noise_refresh_steps
+    full_schedule = args.steps % refresh == 0
+    base_model, data = build(args.shape, args.samples)
+    device = "cpu" if _use_cpu() else "cuda"
+    base_model.to(device)
+    print(f"shape {args.shape}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, refresh "
+          f"{refresh}, torch threads {torch.get_num_threads()}, device {device}", flush=True)  # fmt: skip
+
+    # warm-up: every variant once, short, with a synthesis (untimed)
+    start = time.perf_counter()
+    run_interleaved(variants, base_model, data, args.batch_size, 2, args.workdir)
+    print(f"warm-up: {time.perf_counter() - start:.1f} s", flush=True)
+
+    runs = {v: [] for v in variants}
+    for repeat in range(args.repeats):
+        # interleaved step by step: step k of every variant runs at nearly the same moment
+        records = run_interleaved(variants, base_model, data, args.batch_size, args.steps, args.workdir)
+        for variant in variants:
+            record = records[variant]
+            runs[variant].append(record)
+            print(f"repeat {repeat + 1}/{args.repeats} {variant}: {record['seconds']:.2f} s for {args.steps} steps, "
+                  f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}", flush=True)  # fmt: skip
+    summary = summarise(runs, args.steps, refresh, full_schedule, args.batch_size)
+
+    memory = {}
+    if args.memory:
+        forwarded = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--samples", str(args.samples),
+                     "--device", args.device, "--workdir", args.workdir] + (["--bf16"] if args.bf16 else [])  # fmt: skip
+        forwarded += ["--threads", str(args.threads)] if args.threads else []
+        for variant in variants:
+            out = subprocess.run([sys.executable, __file__, "--memory-worker", variant, *forwarded],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+            memory[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        key = "cuda" if device == "cuda" else "rss"
+        reference = memory.get("plain_trainer")
+        for variant, row in memory.items():
+            row["training_mb"] = row[f"peak_{key}_mb"] - row[f"base_{key}_mb"]
+            if reference:
+                row["peak_ratio_to_plain_trainer"] = row[f"peak_{key}_mb"] / reference[f"peak_{key}_mb"]
+                row["training_ratio_to_plain_trainer"] = row["training_mb"] / (
+                    reference[f"peak_{key}_mb"] - reference[f"base_{key}_mb"]
+                )
+            summary[variant]["memory"] = row
+
     result = {
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "output", "workdir")},
+        "device": f"{device}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),
+        "torch_threads": torch.get_num_threads(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "output", "workdir")}
+        | {"variants": variants, "refresh": refresh, "full_schedule_timed": full_schedule},
+        "nullspace_arguments": NullspaceArguments().to_dict(),
         "summary": summary,
-        "profile_one_step": breakdown,
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
+    output = args.output or os.path.join(
+        RESULTS, "training_cost.json" if args.shape == "bundled" else f"training_cost_{args.shape}.json"
+    )
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w") as f:
         json.dump(result, f, indent=2)
-    print("\n| variant | s/step | x plain Trainer | synthesis share | peak RSS MB |\n|---|---|---|---|---|")
+    print(f"\nper step over a refresh period of {refresh} steps (medians of {args.repeats} interleaved repeats):")
+    print("| variant | s/step | x plain Trainer | x plain, steps without synthesis | synthesis share | updates/refresh "
+          "| s/update | peak memory x plain |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for variant, row in summary.items():
-        print(f"| {variant} | {row['seconds_per_step']:.4f} | {row['ratio_to_plain_trainer']:.2f} | "
-              f"{100 * row['synthesis_share']:.1f}% | {row['peak_rss_mb']:.0f} |")  # fmt: skip
-    print(f"\nOne step, medians (s): {json.dumps(breakdown)}\nWritten to {args.output}")
+        if variant.startswith("_"):
+            continue
+        mem = row.get("memory", {}).get("peak_ratio_to_plain_trainer")
+        print(f"| {variant} | {row['seconds_per_step']:.4f} | {row['ratio_to_plain_trainer'] or float('nan'):.2f} | "
+              f"{row['ratio_to_plain_trainer_without_synthesis'] or float('nan'):.2f} | "
+              f"{100 * row['synthesis_share']:.1f}% | {row['updates_per_refresh_median']} | "
+              f"{row['seconds_per_update'] or float('nan'):.3f} | {mem if mem is None else f'{mem:.2f}'} |")  # fmt: skip
+    if "_overheads" in summary:
+        overheads = summary["_overheads"]
+        print(f"\nper step, x plain Trainer: the Trainer's own overhead (plain Trainer - bare loop) "
+              f"{overheads['plain_trainer_minus_bare_loop_x_plain']:+.3f}; nullspace - authors' loop "
+              f"{overheads['nullspace_minus_authors_loop_x_plain']:+.3f} (steps without synthesis: "
+              f"{overheads['without_synthesis']['plain_trainer_minus_bare_loop_x_plain']:+.3f} and "
+              f"{overheads['without_synthesis']['nullspace_minus_authors_loop_x_plain']:+.3f})")  # fmt: skip
+    print(f"\nWritten to {output}")
 
 
 if __name__ == "__main__":
