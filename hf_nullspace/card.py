@@ -89,6 +89,7 @@ METRICS = {
     "accuracy": ("Accuracy", True, 1),
     "mce": ("mCE", True, -1),
     "relative_mce": ("relative mCE", True, -1),
+    "partial_mce": ("partial mCE", True, -1),
     "error": ("Error", True, -1),
 }
 KEY_TRAINING_ARGS = (
@@ -591,6 +592,7 @@ def _eval_results(finetuned: dict) -> list[EvalResult]:
                 dataset_name=result["dataset_name"],
                 dataset_config=result.get("dataset_config"),
                 dataset_split=result.get("dataset_split"),
+                dataset_revision=result.get("dataset_revision"),
                 metric_type=result["metric"],
                 metric_name=f"{readable_benchmark(result['benchmark'])} {label}",
                 metric_value=value,

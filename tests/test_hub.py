@@ -900,3 +900,21 @@ def test_a_finished_training_run_is_pushed_and_loads_with_plain_transformers(hub
         clean_eval + [r["value"] for r in finetuned["results"]]
     )
     assert TOKEN not in log_path.read_text()
+
+
+def test_pinned_dataset_revision_and_partial_mce_reach_the_model_index():
+    results = make_results()
+    finetuned = results["robustness"]["models"][1]["results"]
+    finetuned[2] = {**finetuned[2], "metric": "partial_mce", "dataset_revision": "bb0fa9db"}
+    card = build_model_card(results, repo_id=REPO_ID)
+    metadata = yaml.safe_load(card.content.split("---")[1])
+    entries = [
+        (r["dataset"], m)
+        for r in metadata["model-index"][0]["results"]
+        for m in r["metrics"]
+        if m["type"] == "partial_mce"
+    ]
+    assert len(entries) == 1
+    dataset, metric = entries[0]
+    assert dataset["revision"] == "bb0fa9db" and metric["name"] == "corruptions partial mCE"
+    assert "partial mCE ↓" in card.text and "55.00%" in card.text
