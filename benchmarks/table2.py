@@ -3,7 +3,7 @@ finetuning, the random-noise baseline and adversarial training (Madry, TRADES), 
 corruptions, with the training cost of each mode.
 
 From the bundled pretrained ViT (vit-tiny-mnist), each mode finetunes with the embedded default's settings
-(`assets/default_run.json`: batch 32, AdamW lr 1e-4 cosine, epsilon 0.03, noise start U(-6, 6), at most 300 noise
+(`assets/default_run.json`: batch 32, AdamW lr 1e-4 cosine, epsilon 0.03, automatic noise start, at most 300 noise
 updates) but for `--steps` optimiser steps (100 by default instead of 480, noise refreshed every 20 instead of 40, so
 the run fits about 15 minutes on 2 shared CPU cores); Madry and TRADES use the paper's recipe (L-inf 8/255, step 2/255,
 10 steps, beta 1). Every run is the real main job (`python -m hf_nullspace.finetune`) in its own process with one
