@@ -397,8 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     transformers.utils.logging.set_verbosity(logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
-    # the Trainer's own push uploads checkpoints and its generic card: this job pushes the finished run itself
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    # with --push_to_hub the trainer pushes the run's allowed files at every save under --hub_strategy, and the
+    # finished run (card with the robustness results) at the end
+    push_to_hub = training_args.push_to_hub
 
     clock = StageClock()
     # fail fast: every benchmark of the robustness suite is found before any data or model is loaded

@@ -875,7 +875,9 @@ def test_a_finished_training_run_is_pushed_and_loads_with_plain_transformers(hub
     assert set(loaded["files"]) == RUN_FILES | {"robustness.png", "attack_budgets.png"} | set(examples)
     history = repo_history(endpoint, tmp_path / "hf_home_history", ["user/trained-nullspace"])
     assert_no_forbidden_file(history)
-    (_, pushed) = history["user/trained-nullspace"]
+    titles = [commit["title"] for commit in history["user/trained-nullspace"]]
+    assert titles[1:3] == ["Training in progress, step 2", "Training in progress, step 4"], titles  # every_save
+    *_, pushed = history["user/trained-nullspace"]
     assert set(pushed["files"]) == set(loaded["files"])
     card = pushed["card"]
     assert card["license"] == "cc-by-sa-4.0" and "base_model" not in card and "datasets" not in card
