@@ -110,6 +110,8 @@ KEY_TRAINING_ARGS = (
 NOISE_MODES = {
     "nullspace": 'learned ε-approximate nullspace noise (`nullspace_mode="nullspace"`, the paper\'s method)',
     "random": 'the random baseline: Gaussian noise shrunk until inside ε (`nullspace_mode="random"`)',
+    "norm_matched": "the norm-matched control: a random direction with the norm of each refresh's learned noise "
+    '(`nullspace_mode="norm_matched"`)',
     "none": 'no noise: the plain finetuning baseline (`nullspace_mode="none"`)',
     "madry": 'no noise: the adversarial-training baseline CE(x) + CE(PGD(x)) (`nullspace_mode="madry"`, Madry et al.)',
     "trades": 'no noise: the adversarial-training baseline CE(x) + β KL(f(x) ‖ f(x_adv)) (`nullspace_mode="trades"`, '
@@ -738,6 +740,7 @@ def build_model_card(
         license_link=results.get("license_link") if license == UNKNOWN_LICENSE else None,
         paper_url=PAPER_URL,
         adapter=adapter,
+        noise_mode=nullspace_args.get("nullspace_mode", "nullspace"),
         noise_mode_description=NOISE_MODES.get(nullspace_args.get("nullspace_mode", "nullspace"), "unknown"),
         noise_summary=_noise_summary(results.get("noise_history") or []),
         nullspace_rows=[(_cell(key), _cell(value)) for key, value in nullspace_args.items()],

@@ -920,3 +920,20 @@ def test_pinned_dataset_revision_and_partial_mce_reach_the_model_index():
     dataset, metric = entries[0]
     assert dataset["revision"] == "bb0fa9db" and metric["name"] == "corruptions partial mCE"
     assert "partial mCE ↓" in card.text and "55.00%" in card.text
+
+
+@pytest.mark.parametrize("mode", ["none", "random", "norm_matched", "madry", "trades"])
+def test_a_baseline_card_says_it_is_a_baseline(mode):
+    results = make_results()
+    results["nullspace_args"]["nullspace_mode"] = mode
+    text = build_model_card(results, repo_id=REPO_ID).text
+    intro = text.split("## How it was made")[0]
+    assert "baseline or control" in intro and "with **approximate nullspace augmented finetuning**" not in intro
+    assert (
+        f'nullspace_mode="{mode}"' in text and "unknown" not in text.split("**Noise trained on:**")[1].split("\n")[0]
+    )
+
+
+def test_a_nullspace_card_names_the_method():
+    intro = build_model_card(make_results(), repo_id=REPO_ID).text.split("## How it was made")[0]
+    assert "with **approximate nullspace augmented finetuning**" in intro and "baseline" not in intro
