@@ -52,7 +52,7 @@ def worker(data: str) -> dict:
         [
             Evaluation("clean"),
             Evaluation("fgsm@0.03", group="attack", attack="fgsm", params=(("epsilon", 0.03),)),
-        ],  # fmt: skip
+        ],
         spec_from_source(data, name="synthetic", num_classes=10),
     )
     report = evaluate_robustness(BUNDLED_MODEL, suite=suite, batch_size=100, progress=False)

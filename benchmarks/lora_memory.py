@@ -89,18 +89,23 @@ def main():
         print(f"{label}: done", flush=True)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "lora_memory.json"), "w") as f:
-        json.dump({"settings": {**vars(args), "lora": LoraArguments(use_lora=True).to_dict()}, "rows": rows}, f,
-                  indent=2)  # fmt: skip
+        json.dump(
+            {"settings": {**vars(args), "lora": LoraArguments(use_lora=True).to_dict()}, "rows": rows}, f, indent=2
+        )
     mib = 2**20
-    print("| model | trainable (full) | trainable (LoRA) | % | AdamW state full → LoRA (MiB) | saved (MiB) | "
-          "measured peak added, full → LoRA (MiB), batch |")  # fmt: skip
+    print(
+        "| model | trainable (full) | trainable (LoRA) | % | AdamW state full → LoRA (MiB) | saved (MiB) | "
+        "measured peak added, full → LoRA (MiB), batch |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         full, lora = row["measured"]["full"], row["measured"]["lora"]
-        print(f"| {row['model']} | {row['full']['trainable']:,} | {row['lora']['trainable']:,} | "
-              f"{row['lora']['trainable_percent']:.2f} | {row['full_training_state_bytes'] / mib:.1f} → "
-              f"{row['lora_training_state_bytes'] / mib:.1f} | {row['saved_bytes'] / mib:.1f} | "
-              f"{full['peak_added_bytes'] / mib:.0f} → {lora['peak_added_bytes'] / mib:.0f}, {row['batch_size']} |")  # fmt: skip
+        print(
+            f"| {row['model']} | {row['full']['trainable']:,} | {row['lora']['trainable']:,} | "
+            f"{row['lora']['trainable_percent']:.2f} | {row['full_training_state_bytes'] / mib:.1f} → "
+            f"{row['lora_training_state_bytes'] / mib:.1f} | {row['saved_bytes'] / mib:.1f} | "
+            f"{full['peak_added_bytes'] / mib:.0f} → {lora['peak_added_bytes'] / mib:.0f}, {row['batch_size']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -50,10 +50,18 @@ def train(mode: str, seed: int, args) -> dict:
     if not os.path.isfile(os.path.join(out, "results.json")):
         defaults = json.loads((ASSETS / "default_run.json").read_text())
         overrides = {
-            "output_dir": out, "seed": seed, "nullspace_mode": mode, "max_steps": args.steps,
-            "noise_refresh_steps": args.refresh, "save_strategy": "no", "do_eval": False,
-            "robustness_suite": "none", "disable_tqdm": True, "use_cpu": True, "logging_steps": 10,
-        }  # fmt: skip
+            "output_dir": out,
+            "seed": seed,
+            "nullspace_mode": mode,
+            "max_steps": args.steps,
+            "noise_refresh_steps": args.refresh,
+            "save_strategy": "no",
+            "do_eval": False,
+            "robustness_suite": "none",
+            "disable_tqdm": True,
+            "use_cpu": True,
+            "logging_steps": 10,
+        }
         command = [sys.executable, "-m", "hf_nullspace.finetune"]
         for key, value in {**defaults, **overrides}.items():
             if key in ("save_steps", "save_total_limit", "robustness_max_samples"):
@@ -88,8 +96,9 @@ def evaluate(runs: list[dict], args) -> dict:
     torch.set_num_threads(1)
     models = {"base": str(ASSETS / "vit-tiny-mnist")}
     models.update({f"{run['mode']}-seed{run['seed']}": run["path"] for run in runs})
-    report = evaluate_robustness(models, suite="mnist", max_samples=args.samples, batch_size=100, seed=0,
-                                 progress=False).to_dict()  # fmt: skip
+    report = evaluate_robustness(
+        models, suite="mnist", max_samples=args.samples, batch_size=100, seed=0, progress=False
+    ).to_dict()
     return {
         model["name"]: {f"{result['benchmark']}|{result['metric']}": result["value"] for result in model["results"]}
         for model in report["models"]
@@ -99,8 +108,13 @@ def evaluate(runs: list[dict], args) -> dict:
 def summarise(runs: list[dict], scores: dict) -> list[dict]:
     keys = [f"{benchmark}|{metric}" for benchmark, metric, _ in COLUMNS]
     base = scores["base"]
-    rows = [{"mode": "base (no finetuning)", "seeds": 1, **{k: (base[k], 0.0) if base.get(k) is not None else None
-                                                           for k in keys}}]  # fmt: skip
+    rows = [
+        {
+            "mode": "base (no finetuning)",
+            "seeds": 1,
+            **{k: (base[k], 0.0) if base.get(k) is not None else None for k in keys},
+        }
+    ]
     for mode in MODES:
         members = [run for run in runs if run["mode"] == mode]
         if not members:
@@ -141,8 +155,10 @@ def markdown(rows: list[dict], args) -> str:
     seeds = ", ".join(str(s) for s in args.seeds)
     lines += [
         "",
-        f"Top-1 accuracy (%) on the first {args.samples} images of the bundled MNIST test split, mean ± std over seeds "
-        f"{seeds}; `corruptions` is the mean over 10 corruptions x 5 severities, rel. mCE the corruption error relative "
+        f"Top-1 accuracy (%) on the first {args.samples} images of the bundled MNIST test split, mean ± std over "
+        f"seeds "
+        f"{seeds}; `corruptions` is the mean over 10 corruptions x 5 severities, rel. mCE the corruption error "
+        "relative "
         f"to the base model's (%, lower is better). {args.steps} optimiser steps per run "
         f"(batch 32), noise refreshed every {args.refresh} steps; Madry/TRADES: L-inf 8/255, step 2/255, 10 steps, "
         "beta 1. Bold: best finetuned mode per column. s / step: wall seconds per optimiser step as trained (one "

@@ -1,4 +1,4 @@
-"""hf_nullspace: approximate nullspace augmented finetuning (Liu et al., CPAL 2025) for Hugging Face vision transformers."""
+"""hf_nullspace: approximate nullspace augmented finetuning (Liu et al., CPAL 2025) for Hugging Face ViTs."""
 
 from .adversarial import ADVERSARIAL_MODES, AdversarialArguments
 from .analysis import convex_closure, noise_to_pixels, permuted_control, scaling_closure

@@ -234,12 +234,26 @@ class AdversarialTraining:
         classifier = PixelSpaceClassifier(model, self.mean, self.std).to(pixel_values.device)
         images = self.to_pixels(pixel_values.detach().float())
         if self.mode == "madry":
-            adv = pgd(classifier, images, labels, args.adversarial_epsilon, args.adversarial_step_size,
-                      args.adversarial_steps, random_start=args.adversarial_random_start, generator=generator)  # fmt: skip
+            adv = pgd(
+                classifier,
+                images,
+                labels,
+                args.adversarial_epsilon,
+                args.adversarial_step_size,
+                args.adversarial_steps,
+                random_start=args.adversarial_random_start,
+                generator=generator,
+            )
         else:
-            adv = trades_attack(classifier, images, args.adversarial_epsilon, args.adversarial_step_size,
-                                args.adversarial_steps, random_start=args.adversarial_random_start,
-                                generator=generator)  # fmt: skip
+            adv = trades_attack(
+                classifier,
+                images,
+                args.adversarial_epsilon,
+                args.adversarial_step_size,
+                args.adversarial_steps,
+                random_start=args.adversarial_random_start,
+                generator=generator,
+            )
         return self.from_pixels(adv).to(pixel_values.dtype)
 
     # ---- loss ---------------------------------------------------------------------------------------------------

@@ -128,8 +128,15 @@ LICENSE_HELP = (
     "(a Hub licence id such as apache-2.0, mit, cc-by-nc-4.0)"
 )
 # Trainer.evaluate() entries that describe the run, not the model (left out of the model-index)
-EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step", "jit_compilation_time",
-                    "model_preparation_time")  # fmt: skip
+EVAL_BOOKKEEPING = (
+    "runtime",
+    "samples_per_second",
+    "steps_per_second",
+    "epoch",
+    "step",
+    "jit_compilation_time",
+    "model_preparation_time",
+)
 EXAMPLES_DIR = "examples"
 
 

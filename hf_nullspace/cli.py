@@ -75,7 +75,8 @@ def _nullspace(args, rest):
         "nullspace_dimension": nullspace.dimension,
     }
     print(json.dumps(summary, indent=2))
-    title = f"{nullspace.dimension}-dim nullspace of the patch projection: {min(args.count, nullspace.dimension)} basis patterns"
+    shown = min(args.count, nullspace.dimension)
+    title = f"{nullspace.dimension}-dim nullspace of the patch projection: {shown} basis patterns"
     print(f"Figure: {plot_patterns(nullspace.patterns(args.count), args.output, title)}")
 
 

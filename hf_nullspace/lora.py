@@ -15,8 +15,16 @@ from torch import nn
 
 # transformers 5 renamed the attention projections of most ViT families (query -> q_proj, ...); Data2Vec-Vision and
 # SwinV2 keep the old names. A requested name that matches no layer is tried under its other spelling.
-ATTENTION_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "q_proj": "query", "k_proj": "key",
-                     "v_proj": "value", "dense": "o_proj", "o_proj": "dense"}  # fmt: skip
+ATTENTION_ALIASES = {
+    "query": "q_proj",
+    "key": "k_proj",
+    "value": "v_proj",
+    "q_proj": "query",
+    "k_proj": "key",
+    "v_proj": "value",
+    "dense": "o_proj",
+    "o_proj": "dense",
+}
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 # bytes per trainable parameter beyond the weight itself in fp32 AdamW training: gradient + two moments

@@ -15,7 +15,8 @@ class PatchNullspace:
     (d, c*r*r) on whole patches (all channels together).
 
     Attributes:
-        basis (`torch.Tensor`): orthonormal float64 basis of shape (c*r*r, dimension), in the (c, r, r) order of a patch.
+        basis (`torch.Tensor`): orthonormal float64 basis of shape (c*r*r, dimension), in the (c, r, r) order of a
+            patch.
         dimension (`int`): c*r*r - rank(W).
         rank (`int`): numerical rank of W.
         num_channels (`int`): c.

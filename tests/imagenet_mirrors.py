@@ -97,9 +97,13 @@ def imagenet_r_parquet(root, labels: list[int], size: int = 224) -> str:
     wnids = [IMAGENET_R_WNIDS[label] for label in labels]
     images = [jpeg(500 + i, size, label) for i, label in enumerate(labels)]
     _parquet(
-        os.path.join(root, "data", "test-00000-of-00001.parquet"), images, wnids, Value("string"), "wnid",
+        os.path.join(root, "data", "test-00000-of-00001.parquet"),
+        images,
+        wnids,
+        Value("string"),
+        "wnid",
         class_name=[f"name of {w}" for w in wnids],
-    )  # fmt: skip
+    )
     return str(root)
 
 
@@ -112,8 +116,14 @@ def imagenet_v2(root, labels: list[int], size: int = 224) -> str:
     return str(root)
 
 
-def paper_protocol(root, size: int = 224, per_source: int = 4, validation: int | None = None,
-                   corruptions=("gaussian_noise", "fog"), severities=(1, 5)) -> dict[str, str]:  # fmt: skip
+def paper_protocol(
+    root,
+    size: int = 224,
+    per_source: int = 4,
+    validation: int | None = None,
+    corruptions=("gaussian_noise", "fog"),
+    severities=(1, 5),
+) -> dict[str, str]:
     """Every source of the `imagenet` suite but Stylized-ImageNet and DAmageNet, `per_source` images each (the
     ImageNet validation split `validation` images, twice as many in train). Returns `{benchmark: path}`:
     `imagenet` (train + validation splits) and the local paths of the others."""

@@ -78,7 +78,8 @@ def main(argv=None):
     rank, world_size = training_args.process_index, training_args.world_size
     model = trainer.accelerator.unwrap_model(trainer.model)
     tensors = {f"param.{name}": p.detach().cpu().contiguous().clone() for name, p in model.named_parameters()}
-    tensors.update({f"noise.{k:04d}": noise.detach().cpu().contiguous() for k, noise in enumerate(trainer.noise_bank.noises)})
+    noises = trainer.noise_bank.noises
+    tensors.update({f"noise.{k:04d}": noise.detach().cpu().contiguous() for k, noise in enumerate(noises)})
     os.makedirs(training_args.output_dir, exist_ok=True)
     save_file(tensors, os.path.join(training_args.output_dir, f"rank_{rank}.safetensors"))
     state = {

@@ -227,7 +227,7 @@ def test_resume_of_a_madry_run_continues_exactly(tmp_path):
     torch.testing.assert_close(final_weights(resumed), final_weights(full), rtol=0, atol=1e-6)
 
 
-# ---- measured on the bundled data: Madry raises PGD accuracy over plain finetuning -----------------------------------
+# ---- measured on the bundled data: Madry raises PGD accuracy over plain finetuning ----------------------------------
 
 MEASURED_STEPS = 30
 MEASURED_SAMPLES = 300
@@ -239,18 +239,54 @@ def bundled_finetune_then_pgd(tmp_path, mode):
     from hf_nullspace.robustness import evaluate_robustness
     from hf_nullspace.robustness.suites import Evaluation, Suite, mnist_data
 
-    argv = ["--output_dir", str(tmp_path / mode), "--max_steps", str(MEASURED_STEPS), "--learning_rate", "3e-4",
-            "--per_device_train_batch_size", "32", "--lr_scheduler_type", "constant", "--save_strategy", "no",
-            "--report_to", "none", "--nullspace_mode", mode, "--train_flip", "false", "--train_crop_scale_min", "0.7",
-            "--disable_tqdm", "true", "--seed", "0", "--use_cpu", "true", "--do_eval", "false",
-            "--robustness_suite", "none", "--dataloader_num_workers", "0"]  # fmt: skip
+    argv = [
+        "--output_dir",
+        str(tmp_path / mode),
+        "--max_steps",
+        str(MEASURED_STEPS),
+        "--learning_rate",
+        "3e-4",
+        "--per_device_train_batch_size",
+        "32",
+        "--lr_scheduler_type",
+        "constant",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--nullspace_mode",
+        mode,
+        "--train_flip",
+        "false",
+        "--train_crop_scale_min",
+        "0.7",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        "--use_cpu",
+        "true",
+        "--do_eval",
+        "false",
+        "--robustness_suite",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+    ]
     trainer, _ = build_trainer(*parse_args(argv))
     trainer.train()
-    pgd = Evaluation("pgd@0.05", group="attack", attack="pgd", params=(("epsilon", 0.05), ("step_size", 0.0125),
-                                                                        ("steps", 10)))  # fmt: skip
+    pgd = Evaluation(
+        "pgd@0.05", group="attack", attack="pgd", params=(("epsilon", 0.05), ("step_size", 0.0125), ("steps", 10))
+    )
     suite = Suite("measured", [Evaluation("clean"), pgd], mnist_data())
-    report = evaluate_robustness({mode: trainer.model}, image_processor=trainer.processing_class, suite=suite,
-                                 max_samples=MEASURED_SAMPLES, batch_size=100, progress=False)  # fmt: skip
+    report = evaluate_robustness(
+        {mode: trainer.model},
+        image_processor=trainer.processing_class,
+        suite=suite,
+        max_samples=MEASURED_SAMPLES,
+        batch_size=100,
+        progress=False,
+    )
     return {r["benchmark"]: r["value"] for r in report.to_dict()["models"][0]["results"]}
 
 
@@ -258,8 +294,10 @@ def bundled_finetune_then_pgd(tmp_path, mode):
 def test_madry_finetuning_raises_pgd_accuracy_over_plain_finetuning_on_the_bundled_data(tmp_path):
     plain = bundled_finetune_then_pgd(tmp_path, "none")
     madry = bundled_finetune_then_pgd(tmp_path, "madry")
-    print(f"pgd@0.05: none {plain['pgd@0.05']:.3f}, madry {madry['pgd@0.05']:.3f}; clean {plain['clean']:.3f}, "
-          f"{madry['clean']:.3f}")  # fmt: skip
+    print(
+        f"pgd@0.05: none {plain['pgd@0.05']:.3f}, madry {madry['pgd@0.05']:.3f}; clean {plain['clean']:.3f}, "
+        f"{madry['clean']:.3f}"
+    )
     assert madry["pgd@0.05"] >= plain["pgd@0.05"] + MEASURED_MARGIN
     assert madry["clean"] >= plain["clean"] - 0.03  # and no collapse of clean accuracy
 

@@ -37,10 +37,29 @@ def test_evaluate_command_compares_models(tmp_path):
     data = write_images(tmp_path / "data", num=8)
     out = tmp_path / "report"
     completed = subprocess.run(
-        [sys.executable, "-m", "hf_nullspace.cli", "evaluate", base, other, "--names", "base,finetuned",
-         "--suite", "attacks", "--data", data, "--split", "test", "--output-dir", str(out)],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hf_nullspace.cli",
+            "evaluate",
+            base,
+            other,
+            "--names",
+            "base,finetuned",
+            "--suite",
+            "attacks",
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "| benchmark | metric | base | finetuned | change |" in completed.stdout
     report = json.loads((out / "robustness.json").read_text())
@@ -52,8 +71,11 @@ def test_evaluate_command_compares_models(tmp_path):
 def test_evaluate_command_rejects_unknown_suite(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "hf_nullspace.cli", "evaluate", saved_model(tmp_path / "m"), "--suite", "nope"],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=300,
+    )
     assert completed.returncode != 0 and "Valid suites" in completed.stderr
 
 

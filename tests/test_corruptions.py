@@ -120,7 +120,7 @@ def test_severity_is_monotonic(name):
 
 @pytest.fixture(scope="module")
 def reference():
-    """`imagecorruptions.corruptions` with shims for numpy 2 (`np.float_`) and scikit-image >= 0.19 (`multichannel`)."""
+    """`imagecorruptions.corruptions`, shimmed for numpy 2 (`np.float_`) and scikit-image >= 0.19 (`multichannel`)."""
     pytest.importorskip("skimage")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -362,13 +362,22 @@ def test_registry_names_and_errors():
 def test_spec_from_source_reads_a_local_path_locally_and_anything_else_from_the_hub(tmp_path):
     folder = f"{tmp_path}/"
     assert spec_from_source(folder, split="validation", config_name="fog") == BenchmarkSpec(
-        name=tmp_path.name, path=folder, config_name="fog", split="validation", label_space="custom",
-        num_classes=None, display_name=folder,
-    )  # fmt: skip
+        name=tmp_path.name,
+        path=folder,
+        config_name="fog",
+        split="validation",
+        label_space="custom",
+        num_classes=None,
+        display_name=folder,
+    )
     assert spec_from_source("someone/digits", num_classes=10) == BenchmarkSpec(
-        name="digits", repo_id="someone/digits", split="test", label_space="custom", num_classes=10,
+        name="digits",
+        repo_id="someone/digits",
+        split="test",
+        label_space="custom",
+        num_classes=10,
         display_name="someone/digits",
-    )  # fmt: skip
+    )
 
 
 def test_check_label_space():
@@ -426,8 +435,10 @@ def test_original_release_layouts_of_imagenet_c_and_a(tmp_path):
     for k in (3, 150):
         os.makedirs(tmp_path / "a" / IMAGENET_A_WNIDS[k])
         _noise().save(tmp_path / "a" / IMAGENET_A_WNIDS[k] / "x.jpg")
-    specs = {"imagenet-c/fog/2": get_benchmark("imagenet-c/fog/2", path=str(tmp_path / "c")),
-             "imagenet-a": get_benchmark("imagenet-a", path=str(tmp_path / "a"))}  # fmt: skip
+    specs = {
+        "imagenet-c/fog/2": get_benchmark("imagenet-c/fog/2", path=str(tmp_path / "c")),
+        "imagenet-a": get_benchmark("imagenet-a", path=str(tmp_path / "a")),
+    }
     resolved = resolve_sources(specs)
     assert resolved["imagenet-c/fog/2"].num_rows == 1000 and resolved["imagenet-a"].builder == "imagefolder"
     labels = torch.cat([b["labels"] for b in iter_benchmark(specs["imagenet-c/fog/2"], EvalTransform(4), 500)])

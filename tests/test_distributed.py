@@ -61,21 +61,53 @@ def free_port() -> int:
 
 def job_args(data, model, out, *extra):
     return cli_args(
-        data, model, out,
-        "--max_steps", str(STEPS), "--per_device_train_batch_size", str(BATCH), "--save_strategy", "no",
-        "--train_crop_scale_min", "1.0", "--train_flip", "false", "--noise_refresh_steps", "2",
-        "--noise_max_updates", "30", "--seed", "0",
-        "--disable_tqdm", "true", "--use_cpu", "True", *extra,
-    )  # fmt: skip
+        data,
+        model,
+        out,
+        "--max_steps",
+        str(STEPS),
+        "--per_device_train_batch_size",
+        str(BATCH),
+        "--save_strategy",
+        "no",
+        "--train_crop_scale_min",
+        "1.0",
+        "--train_flip",
+        "false",
+        "--noise_refresh_steps",
+        "2",
+        "--noise_max_updates",
+        "30",
+        "--seed",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "True",
+        *extra,
+    )
 
 
 def launch(data, model, out, *extra):
     """Runs the job on two ranks and returns their states, rank by rank, and the seconds it took."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(WORLD_SIZE),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), JOB, *job_args(data, model, out, *extra),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(WORLD_SIZE),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        JOB,
+        *job_args(data, model, out, *extra),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     env.pop("ACCELERATE_USE_CPU", None)
     start = time.perf_counter()

@@ -28,14 +28,30 @@ def run_evaluate(arguments, output_dir, processes=1):
         command = [sys.executable, SCRIPT]
     else:
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), SCRIPT,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            SCRIPT,
+        ]
     completed = subprocess.run(
         [*command, *arguments, "--output-dir", output_dir],
-        env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     with open(os.path.join(output_dir, "robustness.json")) as handle:
         return json.load(handle)
@@ -50,9 +66,28 @@ def test_two_processes_give_the_one_process_report(tmp_path):
     first = save_model(tmp_path / "first", make_tiny_vit())
     second = save_model(tmp_path / "second", make_tiny_vit(hidden_size=24))
     arguments = [
-        first, second, "--names", "first,second", "--suite", "mnist", "--data", data, "--split", "test",
-        "--batch-size", "4", "--seed", "3", "--device", "cpu", "--cap", "attack=9", "--severities", "1", "4",
-    ]  # fmt: skip
+        first,
+        second,
+        "--names",
+        "first,second",
+        "--suite",
+        "mnist",
+        "--data",
+        data,
+        "--split",
+        "test",
+        "--batch-size",
+        "4",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--cap",
+        "attack=9",
+        "--severities",
+        "1",
+        "4",
+    ]
     one = run_evaluate(arguments, str(tmp_path / "one"))
     two = run_evaluate(arguments, str(tmp_path / "two"), processes=2)
     assert one["num_processes"] == 1 and two["num_processes"] == 2, "the launch did not start two processes"

@@ -30,10 +30,17 @@ def vit_b16_shape(folder) -> str:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     config = ViTConfig(
-        image_size=224, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=5, num_attention_heads=2,
-        intermediate_size=64, num_labels=1000, id2label=dict(enumerate(IMAGENET_NAMES)),
+        image_size=224,
+        patch_size=16,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1000,
+        id2label=dict(enumerate(IMAGENET_NAMES)),
         label2id={name: i for i, name in enumerate(IMAGENET_NAMES)},
-    )  # fmt: skip
+    )
     ViTForImageClassification(config).save_pretrained(folder)
     ViTImageProcessor().save_pretrained(folder)  # 224x224, mean = std = 0.5, as google/vit-base-patch16-224
     return str(folder)
@@ -49,17 +56,64 @@ def test_paper_protocol_dress_rehearsal(tmp_path):
     out = tmp_path / "out"
     paths = [f"{name}={path}" for name, path in mirrors.items() if name != "imagenet"]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), os.path.join(ROOT, "trainer_scripts", "run.py"),
-        "--model_name_or_path", model, "--dataset_name", mirrors["imagenet"], "--output_dir", str(out),
-        "--max_steps", "2", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
-        "--noise_refresh_steps", "2", "--noise_max_updates", "5", "--save_strategy", "no", "--logging_steps", "1",
-        "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--seed", "0",
-        "--license", "apache-2.0", "--use_cpu", "True",
-        "--robustness_suite", "imagenet", "--robustness_paths", *paths,
-        "--robustness_corruptions", "gaussian_noise", "fog", "--robustness_severities", "1", "5",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        os.path.join(ROOT, "trainer_scripts", "run.py"),
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        mirrors["imagenet"],
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "2",
+        "--noise_refresh_steps",
+        "2",
+        "--noise_max_updates",
+        "5",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--seed",
+        "0",
+        "--license",
+        "apache-2.0",
+        "--use_cpu",
+        "True",
+        "--robustness_suite",
+        "imagenet",
+        "--robustness_paths",
+        *paths,
+        "--robustness_corruptions",
+        "gaussian_noise",
+        "fog",
+        "--robustness_severities",
+        "1",
+        "5",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     env.pop("ACCELERATE_USE_CPU", None)
     launched = time.perf_counter()
@@ -84,9 +138,11 @@ def test_paper_protocol_dress_rehearsal(tmp_path):
     assert not any(metric == "average" for metric, _ in entries), "the paper Average without all its columns"
     partial = entries[("partial_mce", "imagenet-c-partial")]
     assert partial["dataset"] == {
-        "name": "ImageNet-C, 2 of 15 corruptions (2 corruptions x 1, 5 severities)", "type": "imagenet-c",
-        "config": "gaussian_noise,fog", "split": "severity_1,severity_5",
-    }  # fmt: skip
+        "name": "ImageNet-C, 2 of 15 corruptions (2 corruptions x 1, 5 severities)",
+        "type": "imagenet-c",
+        "config": "gaussian_noise,fog",
+        "split": "severity_1,severity_5",
+    }
     assert partial["metric"]["args"]["missing"][:2] == ["shot_noise", "impulse_noise"]
     assert entries[("accuracy", "imagenet-c")]["dataset"] == partial["dataset"]  # the same aggregate
     fog = entries[("accuracy", "imagenet-c/fog")]

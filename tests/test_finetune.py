@@ -42,11 +42,36 @@ def save_model(folder, model=None):
 
 def cli_args(data, model, out, *extra):
     return [
-        "--dataset_name", data, "--model_name_or_path", model, "--output_dir", out, "--max_steps", "4",
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--noise_refresh_steps", "2",
-        "--noise_max_updates", "20", "--save_steps", "2", "--logging_steps", "1", "--use_cpu", "true",
-        "--report_to", "none", "--robustness_suite", "none", "--dataloader_num_workers", "0", *extra,
-    ]  # fmt: skip
+        "--dataset_name",
+        data,
+        "--model_name_or_path",
+        model,
+        "--output_dir",
+        out,
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--noise_refresh_steps",
+        "2",
+        "--noise_max_updates",
+        "20",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--robustness_suite",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -57,8 +82,11 @@ def test_script_end_to_end_in_a_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "trainer_scripts", "run.py"), *cli_args(data, model, out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(open(os.path.join(out, "results.json")).read())
     assert results["train"]["epoch"] > 0 and 0 <= results["eval"]["eval_accuracy"] <= 1

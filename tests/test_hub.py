@@ -54,8 +54,13 @@ FORBIDDEN = re.compile(
     r"\.(bin|pt|pth|pkl|pickle|ckpt|npy|npz)$|(^|/)(training_args|optimizer|scheduler|scaler|rng_state|trainer_state)"
 )
 PUSHED_MODEL_FILES = {"config.json", "model.safetensors", "preprocessor_config.json"}
-RUN_FILES = PUSHED_MODEL_FILES | {"README.md", "results.json", "noise_bank.safetensors", "noise_history.json",
-                                  "noise_norm.png"}  # fmt: skip
+RUN_FILES = PUSHED_MODEL_FILES | {
+    "README.md",
+    "results.json",
+    "noise_bank.safetensors",
+    "noise_history.json",
+    "noise_norm.png",
+}
 CHECKPOINT_FILES = PUSHED_MODEL_FILES | {"noise_bank.safetensors", "noise_history.json"}
 
 
@@ -126,9 +131,14 @@ def expected_eval_results(results: dict) -> dict[str, dict]:
     dataset = results["eval_dataset"]
     for key, name in (("eval_accuracy", "Accuracy"), ("eval_loss", "Loss")):
         if key in (results.get("eval") or {}):
-            expected[name] = {"metric": key.removeprefix("eval_"), "value": results["eval"][key], "params": {},
-                              "dataset_type": dataset["name"], "dataset_name": dataset["name"],
-                              "dataset_split": dataset["split"]}  # fmt: skip
+            expected[name] = {
+                "metric": key.removeprefix("eval_"),
+                "value": results["eval"][key],
+                "params": {},
+                "dataset_type": dataset["name"],
+                "dataset_name": dataset["name"],
+                "dataset_split": dataset["split"],
+            }
     labels = {"accuracy": "Accuracy", "mce": "mCE"}
     models = (results.get("robustness") or {}).get("models", [])
     for model in models:
@@ -733,7 +743,8 @@ def base_model(folder, card=None):
 
 api = HfApi(token=token)
 api.create_repo("base-org/tiny-base", exist_ok=True)
-api.upload_folder(repo_id="base-org/tiny-base", folder_path=base_model(f"{root}/hub-base", "---\\nlicense: cc-by-4.0\\n---\\n"))
+hub_base = base_model(f"{root}/hub-base", "---\\nlicense: cc-by-4.0\\n---\\n")
+api.upload_folder(repo_id="base-org/tiny-base", folder_path=hub_base)
 licensed = base_model(f"{root}/licensed-base", "---\\nlicense: cc-by-nc-4.0\\n---\\n# base\\n")
 plain = base_model(f"{root}/plain-base")
 runs = {
@@ -792,12 +803,17 @@ def test_every_trainer_push_path_uploads_only_the_design_files(hub_server, tmp_p
     expected = {  # strategy -> [(commit title, files of the repo at that commit)], after the initial commit
         "end": [("Model save", root), ("End of training", root)],
         "every_save": [(step[0], root), (step[1], root), ("End of training", root)],
-        "checkpoint": [(step[0], root | checkpoint("last-checkpoint")), (step[1], root | checkpoint("last-checkpoint")),
-                       ("End of training", root | checkpoint("last-checkpoint"))],  # fmt: skip
-        "all_checkpoints": [(step[0], root | checkpoint("checkpoint-2")),
-                            (step[1], root | checkpoint("checkpoint-2") | checkpoint("checkpoint-4")),
-                            ("End of training", root | checkpoint("checkpoint-2") | checkpoint("checkpoint-4"))],
-    }  # fmt: skip
+        "checkpoint": [
+            (step[0], root | checkpoint("last-checkpoint")),
+            (step[1], root | checkpoint("last-checkpoint")),
+            ("End of training", root | checkpoint("last-checkpoint")),
+        ],
+        "all_checkpoints": [
+            (step[0], root | checkpoint("checkpoint-2")),
+            (step[1], root | checkpoint("checkpoint-2") | checkpoint("checkpoint-4")),
+            ("End of training", root | checkpoint("checkpoint-2") | checkpoint("checkpoint-4")),
+        ],
+    }
     licences = {"end": "cc-by-4.0", "every_save": "cc-by-nc-4.0", "checkpoint": "other", "all_checkpoints": "mit"}
     for strategy, repo in repos.items():
         commits = history[repo][1:]
@@ -844,9 +860,23 @@ def test_a_finished_training_run_is_pushed_and_loads_with_plain_transformers(hub
     data = write_parquet(tmp_path / "data")
     model = save_model(tmp_path / "model")
     out = tmp_path / "out"
-    args = cli_args(data, model, str(out), "--push_to_hub", "true", "--hub_model_id", "user/trained-nullspace",
-                    "--hub_token", TOKEN, "--robustness_suite", "attacks", "--robustness_max_samples", "8",
-                    "--license", "cc-by-sa-4.0")  # fmt: skip
+    args = cli_args(
+        data,
+        model,
+        str(out),
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "user/trained-nullspace",
+        "--hub_token",
+        TOKEN,
+        "--robustness_suite",
+        "attacks",
+        "--robustness_max_samples",
+        "8",
+        "--license",
+        "cc-by-sa-4.0",
+    )
     args.remove("none")
     args.remove("--robustness_suite")  # the first occurrence: "none", replaced by the suite above
     run_fresh(f"from hf_nullspace.finetune import main; main({args!r})", endpoint, tmp_path / "hf_home_train")

@@ -1,5 +1,6 @@
-"""LoRA finetuning through peft (`hf_nullspace/lora.py`): the wrapper, the noise hook and synthesis through it, training,
-resume, merge, and the train -> card -> push -> load round trip against the local Hub server of `tests/hub_server.py`.
+"""LoRA finetuning through peft (`hf_nullspace/lora.py`): the wrapper, the noise hook and synthesis through it,
+training, resume, merge, and the train -> card -> push -> load round trip against the local Hub server of
+`tests/hub_server.py`.
 """
 
 import copy
@@ -187,8 +188,19 @@ def test_job_with_merge_lora_saves_a_plain_checkpoint(tmp_path):
     from hf_nullspace.finetune import main
 
     out = tmp_path / "out"
-    args = cli_args(write_parquet(tmp_path / "data"), save_model(tmp_path / "model"), str(out), "--use_lora", "true",
-                    "--lora_r", "4", "--merge_lora", "true", "--save_strategy", "no")  # fmt: skip
+    args = cli_args(
+        write_parquet(tmp_path / "data"),
+        save_model(tmp_path / "model"),
+        str(out),
+        "--use_lora",
+        "true",
+        "--lora_r",
+        "4",
+        "--merge_lora",
+        "true",
+        "--save_strategy",
+        "no",
+    )
     results = main(args)
     assert results["lora"]["merged"] is True and results["lora"]["r"] == 4
     files = set(os.listdir(out))
@@ -235,9 +247,25 @@ def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_pat
         tmp_path / "hf_home_base",
     )
     out = tmp_path / "out"
-    args = cli_args(data, "user/tiny-base", str(out), "--use_lora", "true", "--lora_r", "4", "--lora_dropout", "0.0",
-                    "--push_to_hub", "true", "--hub_model_id", "user/tiny-lora", "--hub_token", TOKEN,
-                    "--save_strategy", "no")  # fmt: skip
+    args = cli_args(
+        data,
+        "user/tiny-base",
+        str(out),
+        "--use_lora",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_dropout",
+        "0.0",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "user/tiny-lora",
+        "--hub_token",
+        TOKEN,
+        "--save_strategy",
+        "no",
+    )
     run_fresh(f"from hf_nullspace.finetune import main; main({args!r})", endpoint, tmp_path / "hf_home_train")
     files = set(os.listdir(out))
     assert {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE} <= files and "model.safetensors" not in files

@@ -9,10 +9,18 @@ from hf_nullspace.robustness.metrics import corruption_errors, mean_corruption_e
 def test_paper_average_reproduces_table_1():
     # ViT-S + NS row of the paper's Table 1: Average 34.45
     row = {
-        "clean": 77.47, "patchfool": 19.10, "cw": 9.37, "fgsm": 25.95, "damagenet": 32.43, "imagenet-a": 20.77,
-        "imagenet-c": 55.98, "imagenet-v2": 66.50, "imagenet-r": 41.61, "imagenet-sketch": 25.67,
+        "clean": 77.47,
+        "patchfool": 19.10,
+        "cw": 9.37,
+        "fgsm": 25.95,
+        "damagenet": 32.43,
+        "imagenet-a": 20.77,
+        "imagenet-c": 55.98,
+        "imagenet-v2": 66.50,
+        "imagenet-r": 41.61,
+        "imagenet-sketch": 25.67,
         "stylized-imagenet": 16.02,
-    }  # fmt: skip
+    }
     assert paper_average(row) == pytest.approx(34.45, abs=0.005)
     del row["cw"]
     with pytest.raises(ValueError, match="missing: \\['cw'\\]"):
@@ -90,8 +98,13 @@ def test_aggregates_say_what_they_aggregate():
     assert average["dataset_split"] is None and average["value"] == pytest.approx((10 * 0.6 + 1 - mce["value"]) / 11)
     # the attacks' settings are in every row that the card and the model-index show
     assert rows[("cw", "accuracy")]["params"] == {
-        "c": 1.0, "kappa": 0.0, "steps": 100, "lr": 0.01, "binary_search_steps": 1, "abort_early": True,
-    }  # fmt: skip
+        "c": 1.0,
+        "kappa": 0.0,
+        "steps": 100,
+        "lr": 0.01,
+        "binary_search_steps": 1,
+        "abort_early": True,
+    }
     assert rows[("patchfool", "accuracy")]["params"]["steps"] == 250
     assert rows[("fgsm@0.00392157", "accuracy")]["params"] == {"epsilon": 1 / 255}
     assert rows[("clean", "accuracy")]["dataset_type"] == "ILSVRC/imagenet-1k"

@@ -30,11 +30,27 @@ RUN_TIMEOUT = 300
 
 def job_command(data, model, out, *extra):
     args = cli_args(
-        data, model, out,
-        "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS), "--noise_refresh_steps", "2",
-        "--noise_max_updates", "20", "--learning_rate", "1e-3", "--seed", "0", "--disable_tqdm", "true",
-        "--dataloader_num_workers", "0", *extra,
-    )  # fmt: skip
+        data,
+        model,
+        out,
+        "--max_steps",
+        str(MAX_STEPS),
+        "--save_steps",
+        str(SAVE_STEPS),
+        "--noise_refresh_steps",
+        "2",
+        "--noise_max_updates",
+        "20",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        *extra,
+    )
     return [sys.executable, SCRIPT, *args]
 
 

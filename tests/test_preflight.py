@@ -47,9 +47,11 @@ def test_missing_benchmarks_fail_in_seconds_naming_each_and_how_to_provide_it(tm
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingBenchmarksError) as error:
         evaluate_robustness(
-            model, PROCESSOR, suite="shift",
+            model,
+            PROCESSOR,
+            suite="shift",
             paths={"imagenet-v2": str(tmp_path / "nope"), "imagenet-sketch": str(tmp_path / "empty")},
-        )  # fmt: skip
+        )
     assert "the local copy at" in str(error.value) and "the path does not exist" in str(error.value)
     assert "no parquet, arrow, tar or image files" in str(error.value)
     with pytest.raises(ValueError, match=r"Unknown benchmark name\(s\) \['imagenet_v2'\]"):
@@ -129,9 +131,10 @@ def test_precropped_imagenet_c_is_scored_as_stored(mirrors):
         size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     suite = Suite(
-        "c", [Evaluation("imagenet-c/fog/5", source="imagenet-c/fog/5", group="corruption", corruption="fog",
-                         severity=5)], paths={"imagenet-c": mirrors["imagenet-c"]},
-    )  # fmt: skip
+        "c",
+        [Evaluation("imagenet-c/fog/5", source="imagenet-c/fog/5", group="corruption", corruption="fog", severity=5)],
+        paths={"imagenet-c": mirrors["imagenet-c"]},
+    )
     cropped = evaluate_robustness({"m": model}, crop, suite=suite, progress=False)
     squashed = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, progress=False)
     assert cropped.to_dict()["models"][0]["details"] == squashed.to_dict()["models"][0]["details"]
@@ -145,8 +148,18 @@ def test_the_main_job_fails_before_loading_anything_naming_the_missing_benchmark
     model = save_model(tmp_path / "model", make_tiny_vit(num_labels=1000))
     out = tmp_path / "out"
     paths = [f"{k}={v}" for k, v in mirrors.items() if k not in ("imagenet", "imagenet-v2")]
-    args = cli_args(mirrors["imagenet"], model, str(out), "--robustness_paths", *paths,
-                    "--robustness_corruptions", *CORRUPTIONS, "--robustness_severities", "1", "5")  # fmt: skip
+    args = cli_args(
+        mirrors["imagenet"],
+        model,
+        str(out),
+        "--robustness_paths",
+        *paths,
+        "--robustness_corruptions",
+        *CORRUPTIONS,
+        "--robustness_severities",
+        "1",
+        "5",
+    )
     args[args.index("--robustness_suite") + 1] = "imagenet"
     start = time.perf_counter()
     with pytest.raises(MissingBenchmarksError) as error:

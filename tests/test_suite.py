@@ -135,8 +135,11 @@ def test_sample_caps_read_evenly_spaced_rows_and_are_stated(tmp_path):
     assert [i for i in range(12) if i in _Selection(4, None)] == [0, 1, 2, 3]  # size unknown: the first rows
     model = make_tiny_vit().eval()
     data = write_images(tmp_path / "data", num=12)
-    suite = Suite("s", [Evaluation("clean"), Evaluation("fgsm@0.1", group="attack", attack="fgsm",
-                                                          params=(("epsilon", 0.1),))], spec(data))  # fmt: skip
+    suite = Suite(
+        "s",
+        [Evaluation("clean"), Evaluation("fgsm@0.1", group="attack", attack="fgsm", params=(("epsilon", 0.1),))],
+        spec(data),
+    )
     report = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, sample_caps={"attack": 4}, progress=False)
     rows = {r["benchmark"]: r for r in report.to_dict()["models"][0]["results"]}
     assert rows["clean"]["num_samples"] == 12 and "max_samples" not in rows["clean"]["params"]

@@ -83,8 +83,11 @@ def align_labels(
         logger.warning(
             "%d of the %d classes of %s are not among the model's labels by name (e.g. %s): they are matched by "
             "position instead.",
-            len(missing), len(data), what, missing[:3],
-        )  # fmt: skip
+            len(missing),
+            len(data),
+            what,
+            missing[:3],
+        )
         return None
     if len(model) == len(data):
         moved = [(data_names[i], i, index) for i, index in enumerate(found) if index != i]

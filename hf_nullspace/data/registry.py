@@ -1,4 +1,4 @@
-"""Registry of the ImageNet robustness benchmarks: where each lives, how its columns and labels read, how to iterate it.
+"""Registry of the ImageNet robustness benchmarks: where each lives, how its columns and labels read, how to read it.
 
 Sources: ImageNet-1k validation from the gated `ILSVRC/imagenet-1k`; ImageNet-C from `WNJXYK/TTA-ImageNet-C` (pinned
 to its v1.0 tag; one configuration per corruption, splits `severity_1`..`severity_5`, `image` and `label` columns);
@@ -315,7 +315,8 @@ def _class_label_fn(names: Sequence[str], spec: BenchmarkSpec) -> Callable | Non
         return None if names == target else lambda index: target.index(names[index])
     if spec.label_space == "imagenet-1k" and (len(names) != 1000 or names != sorted(names)):
         raise ValueError(
-            f"{spec.name}: the local copy has {len(names)} WordNet-id class folders, so its labels are not ImageNet-1k "
+            f"{spec.name}: the local copy has {len(names)} WordNet-id class folders, so its labels are not "
+            "ImageNet-1k "
             "indices (that needs all 1000 folders, sorted). Use the full copy, or data with integer labels."
         )
     return None

@@ -266,8 +266,13 @@ class EvalTransform:
     @property
     def geometry(self) -> tuple:
         """What decides the output pixels apart from normalisation (transforms with equal geometry agree)."""
-        return (self.size, self.crop_pct if self.resize_to is None else None, self.resize_to, self.resample,
-                self.crop_rounding)  # fmt: skip
+        return (
+            self.size,
+            self.crop_pct if self.resize_to is None else None,
+            self.resize_to,
+            self.resample,
+            self.crop_rounding,
+        )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """The `(width, height)` after the resize step (torchvision's `Resize(int)`, or `resize_to`)."""

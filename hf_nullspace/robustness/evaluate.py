@@ -333,9 +333,22 @@ def evaluate_robustness(
             plans.update(check_models({source: spec}, {n: configs[n] for n in loaded}, names, remap_labels))
         selections = {e.name: _Selection(sample_cap(e, caps, max_samples), opened.num_rows) for e in evaluations}
         correct, stats = _score_source(
-            suite, source, spec, opened, evaluations, selections, loaded, plans, batch_size, seed, device, bf16,
-            rank, world, progress and rank == 0,
-        )  # fmt: skip
+            suite,
+            source,
+            spec,
+            opened,
+            evaluations,
+            selections,
+            loaded,
+            plans,
+            batch_size,
+            seed,
+            device,
+            bf16,
+            rank,
+            world,
+            progress and rank == 0,
+        )
         correct, stats = _merge(correct, stats, world)
         _check_skips(spec, stats, max_skip_fraction)
         for evaluation in evaluations:
@@ -347,9 +360,22 @@ def evaluate_robustness(
 
 
 def _score_source(
-    suite, source, spec, opened, evaluations, selections, loaded, plans, batch_size, seed, device, bf16, rank, world,
+    suite,
+    source,
+    spec,
+    opened,
+    evaluations,
+    selections,
+    loaded,
+    plans,
+    batch_size,
+    seed,
+    device,
+    bf16,
+    rank,
+    world,
     progress,
-):  # fmt: skip
+):
     # models sharing an input pipeline share one transform of each decoded image
     pipelines: dict[tuple, tuple] = {}
     for name, (model, processor, _) in loaded.items():
@@ -388,9 +414,11 @@ def _score_source(
         if not owned:
             continue
         image, label, kind, converted = read_row(
-            [row[column] for column in opened.image_columns], row[opened.label_column], spec.num_classes,
+            [row[column] for column in opened.image_columns],
+            row[opened.label_column],
+            spec.num_classes,
             opened.label_fn,
-        )  # fmt: skip
+        )
         tensors = {}
         for evaluation, batch in owned:
             record = stats[evaluation.name]

@@ -15,7 +15,8 @@ class PixelSpaceClassifier(nn.Module):
     perturb and clamp images in [0, 1] pixel space, so their budgets (e.g. `epsilon=1/255`) mean what they say.
 
     With `label_subset`, the logits are restricted to those columns (in the given order): the output has
-    `len(label_subset)` columns and labels must be positions in `label_subset` (see [`~PixelSpaceClassifier.to_subset_labels`]).
+    `len(label_subset)` columns and labels must be positions in `label_subset`
+    (see [`~PixelSpaceClassifier.to_subset_labels`]).
     The top-1 prediction equals the one of the full logits with all other classes masked to `-inf` (ImageNet-A/-R
     protocol), and losses that compare logits (CW margin, AutoAttack's DLR) stay finite, which they would not with
     `-inf` columns.

@@ -124,11 +124,22 @@ class RobustnessReport:
             average = self._paper_average(summary)
             if average is not None:
                 summary.append(
-                    {**summary[0], **PAPER_AVERAGE_DATASET, "benchmark": "average", "metric": "average",
-                     "value": average, "params": {"columns": list(PAPER_AVERAGE_COLUMNS)}, "sampling": {},
-                     "num_samples": None, "skipped": 0, "skipped_by_kind": {}, "group": "aggregate",
-                     "corruption": None, "severity": None}
-                )  # fmt: skip
+                    {
+                        **summary[0],
+                        **PAPER_AVERAGE_DATASET,
+                        "benchmark": "average",
+                        "metric": "average",
+                        "value": average,
+                        "params": {"columns": list(PAPER_AVERAGE_COLUMNS)},
+                        "sampling": {},
+                        "num_samples": None,
+                        "skipped": 0,
+                        "skipped_by_kind": {},
+                        "group": "aggregate",
+                        "corruption": None,
+                        "severity": None,
+                    }
+                )
             self.results[name] = summary
             self.details[name] = [r for r in rows if r["group"] == "corruption"]
 
@@ -206,18 +217,43 @@ class RobustnessReport:
         if imagenet_c and set(corruptions) <= set(ALEXNET_ERR):
             value = mean_corruption_error(errors) / 100 if usable else None
             if complete:
-                rows.append({**aggregate, "benchmark": "imagenet-c", "metric": "mce", "value": value,
-                             "params": {"reference": "AlexNet", "corruptions": 15, "severities": 5, **cap}})  # fmt: skip
+                rows.append(
+                    {
+                        **aggregate,
+                        "benchmark": "imagenet-c",
+                        "metric": "mce",
+                        "value": value,
+                        "params": {"reference": "AlexNet", "corruptions": 15, "severities": 5, **cap},
+                    }
+                )
             else:
                 missing = [c for c in ALEXNET_ERR if c not in by_corruption]
                 rows.append(
-                    {**aggregate, "benchmark": "imagenet-c-partial", "metric": "partial_mce", "value": value,
-                     "params": {"reference": "AlexNet", "corruptions": corruptions, "severities": severities,
-                                "missing": missing, "comparable_with_published_mce": False, **cap}}
-                )  # fmt: skip
+                    {
+                        **aggregate,
+                        "benchmark": "imagenet-c-partial",
+                        "metric": "partial_mce",
+                        "value": value,
+                        "params": {
+                            "reference": "AlexNet",
+                            "corruptions": corruptions,
+                            "severities": severities,
+                            "missing": missing,
+                            "comparable_with_published_mce": False,
+                            **cap,
+                        },
+                    }
+                )
         mean_accuracy = self._mean([r["value"] for group in by_corruption.values() for r in group])
-        rows.append({**aggregate, "benchmark": "imagenet-c" if imagenet_c else "corruptions", "metric": "accuracy",
-                     "value": mean_accuracy, "params": {"mean_over": what, **cap}})  # fmt: skip
+        rows.append(
+            {
+                **aggregate,
+                "benchmark": "imagenet-c" if imagenet_c else "corruptions",
+                "metric": "accuracy",
+                "value": mean_accuracy,
+                "params": {"mean_over": what, **cap},
+            }
+        )
         baseline = names[0]
         if len(names) > 1 and name != baseline:
             reference = self._errors(baseline, family)
@@ -225,9 +261,15 @@ class RobustnessReport:
                 value = mean_corruption_error(errors, reference) / 100 if usable and reference else None
             except ValueError:
                 value = None
-            rows.append({**aggregate, "benchmark": "imagenet-c" if imagenet_c else "corruptions",
-                         "metric": "relative_mce", "value": value,
-                         "params": {"reference": baseline, "mean_over": what, **cap}})  # fmt: skip
+            rows.append(
+                {
+                    **aggregate,
+                    "benchmark": "imagenet-c" if imagenet_c else "corruptions",
+                    "metric": "relative_mce",
+                    "value": value,
+                    "params": {"reference": baseline, "mean_over": what, **cap},
+                }
+            )
         return rows
 
     def _errors(self, name: str, family: str) -> dict[str, list[float]]:
