@@ -64,6 +64,7 @@ VARIANTS = {
     "nullspace_separate": ("nullspace_trainer", {"noise_shared_forward": False}),
     "nullspace_sub_batch": ("nullspace_trainer", {"noise_synthesis_batch_size": "quarter"}),
     "nullspace_warm_start": ("nullspace_trainer", {"noise_warm_start": True}),
+    "nullspace_authors_start": ("nullspace_trainer", {"noise_init_limit": 3.0}),
     "nullspace_sub_batch_warm_start": (
         "nullspace_trainer",
         {"noise_synthesis_batch_size": "quarter", "noise_warm_start": True},
@@ -72,12 +73,13 @@ VARIANTS = {
 DEFAULT_VARIANTS = ("bare_clean", "plain_trainer", "none", "random", "nullspace", "authors_loop")
 
 SHAPES = {
-    "bundled": dict(batch_size=32, steps=80, repeats=5, samples=1024),
+    "bundled": dict(batch_size=32, steps=80, repeats=5, samples=1024, warmup=2),
     # ViT-S/16 and ViT-B/16 (Dosovitskiy et al. / DeiT): hidden, layers, heads, MLP
-    "vit-s16": dict(batch_size=8, steps=4, repeats=3, samples=64, hidden=384, layers=12, heads=6, mlp=1536),
-    "vit-b16": dict(batch_size=8, steps=3, repeats=2, samples=48, hidden=768, layers=12, heads=12, mlp=3072),
+    # no separate warm-up: the first step of a run (with the synthesis) is not in the per-step median anyway
+    "vit-s16": dict(batch_size=8, steps=4, repeats=2, samples=64, warmup=0, hidden=384, layers=12, heads=6, mlp=1536),
+    "vit-b16": dict(batch_size=8, steps=3, repeats=2, samples=48, warmup=0, hidden=768, layers=12, heads=12, mlp=3072),
     # a smoke test of the same path (benchmarks/gpu.sh --tiny)
-    "tiny": dict(batch_size=8, steps=4, repeats=1, samples=32, hidden=64, layers=2, heads=2, mlp=128),
+    "tiny": dict(batch_size=8, steps=4, repeats=1, samples=32, warmup=2, hidden=64, layers=2, heads=2, mlp=128),
 }
 
 
@@ -129,10 +131,13 @@ class Rows:
         return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
 
 
+NOISE_OVERRIDES = {}  # --noise-init-limit: applied to every variant with noise
+
+
 def nullspace_arguments(overrides: dict, batch_size: int):
     from hf_nullspace import NullspaceArguments
 
-    overrides = dict(overrides)
+    overrides = {**NOISE_OVERRIDES, **overrides}
     if overrides.get("noise_synthesis_batch_size") == "quarter":
         overrides["noise_synthesis_batch_size"] = max(1, batch_size // 4)
     return NullspaceArguments(**overrides)
@@ -408,6 +413,66 @@ def run_interleaved(variants, base_model, data, batch_size, steps, workdir) -> d
     return results
 
 
+# no-grad forward passes of the automatic start's scale calibration on a trained model (5-7 on the bundled ViT); a
+# randomly initialised model can be insensitive to the noise at any scale and take the calibration's maximum (40+)
+CALIBRATION_FORWARDS = 6
+
+
+def synthesis_profile(base_model, data, batch_size, summary, refresh, updates=(10, 33, 95)) -> dict:
+    """The seconds of one synthesis update and of one no-grad forward, on the whole batch and on a quarter of it
+    (`noise_synthesis_batch_size`), from syntheses forced to take exactly 1 and 6 updates (epsilon out of reach, the
+    authors' fixed start, no fallback); and the synthesis share of a refresh period that U updates per refresh would
+    give, for the U measured and a few more: the fixed part the measured syntheses took beyond their updates, plus
+    the automatic start's calibration (`CALIBRATION_FORWARDS` no-grad forwards) when the run used a fixed start."""
+    import torch
+
+    from hf_nullspace import NullspaceArguments, synthesize_noise
+
+    device = "cpu" if _use_cpu() else "cuda"
+    model = copy.deepcopy(base_model).to(device)
+    pixel_values = data.pixel_values[:batch_size].to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=_bf16())
+    result = {}
+    for variant, rows in (("nullspace", batch_size), ("nullspace_sub_batch", max(1, batch_size // 4))):
+        seconds = {}
+        for forced in (1, 6):
+            args = NullspaceArguments(noise_epsilon=1e-12, noise_max_updates=forced, noise_init_limit=3.0,
+                                      noise_fallback=False)  # fmt: skip
+            start = time.perf_counter()
+            with autocast:
+                assert synthesize_noise(model, pixel_values[:rows], args).updates == forced
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds[forced] = time.perf_counter() - start
+        per_update = (seconds[6] - seconds[1]) / 5
+        with torch.no_grad(), autocast:
+            model.eval()
+            start = time.perf_counter()
+            model(pixel_values=pixel_values[:rows])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            forward = time.perf_counter() - start
+        row = {"rows": rows, "seconds_per_update": per_update, "seconds_no_grad_forward": forward}
+        measured = summary.get(variant)
+        step = (summary.get("nullspace") or {}).get("seconds_per_step_without_synthesis")
+        if measured and step:
+            measured_updates = measured["updates_per_refresh_median"] or 0
+            fixed = max(0.0, measured["synthesis_seconds_per_refresh"] - measured_updates * per_update)
+            if NOISE_OVERRIDES.get("noise_init_limit") is not None:  # a fixed start: add the default's calibration
+                fixed += CALIBRATION_FORWARDS * forward
+                row["calibration_forwards_added"] = CALIBRATION_FORWARDS
+            row["fixed_seconds"] = fixed
+            row["update_x_training_step"] = per_update / step
+            row["share_at_updates"] = {}
+            for u in sorted({measured_updates, *updates}):
+                synthesis = fixed + u * per_update
+                row["share_at_updates"][str(u)] = synthesis / (refresh * step + synthesis)
+            # the most updates per refresh that keep synthesis within 10% of the finetune's time
+            row["updates_within_10_percent"] = max(0.0, (refresh * step / 9 - fixed) / per_update)
+        result[variant] = row
+    return result
+
+
 # ---- memory: each variant in its own process ------------------------------------------------------------------------
 
 
@@ -506,6 +571,11 @@ def main():
     parser.add_argument("--repeats", type=int, help="interleaved repeats (shape default)")
     parser.add_argument("--batch-size", type=int, help="per-device batch size (shape default)")
     parser.add_argument("--samples", type=int, help="training rows (shape default)")
+    parser.add_argument("--noise-init-limit", type=float,
+                        help="a fixed start U(-limit, limit) for every variant with noise (default: the library's)")  # fmt: skip
+    parser.add_argument("--warmup", type=int, help="untimed steps of every variant first (shape default)")
+    parser.add_argument("--synthesis-profile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time synthesis updates apart (default: for shapes timed in part, not bundled)")  # fmt: skip
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="peak memory of each variant in its own process")  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, the core count)")
@@ -516,10 +586,12 @@ def main():
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     spec = SHAPES[args.shape]
-    for key in ("steps", "repeats", "batch_size", "samples"):
+    for key in ("steps", "repeats", "batch_size", "samples", "warmup"):
         if getattr(args, key) is None:
             setattr(args, key, spec[key])
     _DEVICE.update(cpu=args.device == "cpu", bf16=args.bf16)
+    if args.noise_init_limit is not None:
+        NOISE_OVERRIDES["noise_init_limit"] = args.noise_init_limit
     if args.threads:
         import torch
 
@@ -545,10 +617,10 @@ def main():
     print(f"shape {args.shape}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, refresh "
           f"{refresh}, torch threads {torch.get_num_threads()}, device {device}", flush=True)  # fmt: skip
 
-    # warm-up: every variant once, short, with a synthesis (untimed)
-    start = time.perf_counter()
-    run_interleaved(variants, base_model, data, args.batch_size, 2, args.workdir)
-    print(f"warm-up: {time.perf_counter() - start:.1f} s", flush=True)
+    if args.warmup:  # every variant once, short, with a synthesis (untimed)
+        start = time.perf_counter()
+        run_interleaved(variants, base_model, data, args.batch_size, args.warmup, args.workdir)
+        print(f"warm-up: {time.perf_counter() - start:.1f} s", flush=True)
 
     runs = {v: [] for v in variants}
     for repeat in range(args.repeats):
@@ -560,12 +632,16 @@ def main():
             print(f"repeat {repeat + 1}/{args.repeats} {variant}: {record['seconds']:.2f} s for {args.steps} steps, "
                   f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}", flush=True)  # fmt: skip
     summary = summarise(runs, args.steps, refresh, full_schedule, args.batch_size)
+    if args.synthesis_profile if args.synthesis_profile is not None else not full_schedule:
+        summary["_synthesis"] = synthesis_profile(base_model, data, args.batch_size, summary, refresh)
+        print(json.dumps(summary["_synthesis"], indent=1), flush=True)
 
     memory = {}
     if args.memory:
         forwarded = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--samples", str(args.samples),
                      "--device", args.device, "--workdir", args.workdir] + (["--bf16"] if args.bf16 else [])  # fmt: skip
         forwarded += ["--threads", str(args.threads)] if args.threads else []
+        forwarded += ["--noise-init-limit", str(args.noise_init_limit)] if args.noise_init_limit is not None else []
         for variant in variants:
             out = subprocess.run([sys.executable, __file__, "--memory-worker", variant, *forwarded],
                                  capture_output=True, text=True, check=True)  # fmt: skip
