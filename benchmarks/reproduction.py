@@ -49,6 +49,7 @@ VARIANTS = {
     "warm_start": {"noise_warm_start": True},
     "beta0.5": {"noisy_loss_weight": 0.5},
     "fixed_start3": {"noise_init_limit": 3.0},
+    "factor4": {"noise_init_factor": 4.0},
 }
 COLUMNS = [
     ("clean", "accuracy"),
@@ -75,8 +76,9 @@ def dataset_dir(dataset: str, workdir: str) -> str:
 
 
 def configurations(args):
-    for dataset in args.datasets:
-        for seed in args.seeds:
+    # seed-major, so that a partial run already covers every dataset and mode
+    for seed in args.seeds:
+        for dataset in args.datasets:
             yield {"dataset": dataset, "mode": "none", "variant": "-", "epsilon": None, "seed": seed}
             for mode in ("random", "norm_matched"):
                 yield {"dataset": dataset, "mode": mode, "variant": "-", "epsilon": 0.03, "seed": seed}
@@ -239,7 +241,7 @@ def figures(runs: list[dict], rows: list[dict], datasets: list[str]) -> list[str
         ax.set_xticklabels([k.split("|")[0] for k in keys], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{DATASETS[dataset]['title']}, epsilon 0.03: mean ± std over seeds", fontsize=10)
-        ax.legend(fontsize=7, ncol=5)
+        ax.legend(fontsize=7, ncol=5, loc="upper right")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     paths.append(_save(fig, os.path.join(RESULTS, "reproduction.png")))
