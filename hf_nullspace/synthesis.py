@@ -22,8 +22,10 @@ from .embedding import find_patch_embedding, inject_noise, noise_shape
 
 logger = logging.getLogger(__name__)
 
-# no-grad forward passes of the scale calibration: doublings/halvings to a bracket, then bisections inside it
-CALIBRATION_MAX_DOUBLINGS = 40
+# no-grad forward passes of the scale calibration: doublings/halvings to a bracket, then bisections inside it. The
+# bracket is searched within 2**±10 times the RMS of the patch embeddings: a model whose predictions stay inside
+# epsilon under a noise 1024x its embeddings barely reads its input (untrained?), and a larger start helps nobody.
+CALIBRATION_MAX_DOUBLINGS = 10
 CALIBRATION_BISECTIONS = 3
 # bisection steps of the fallback that shrinks a capped noise along its learned direction until inside epsilon
 FALLBACK_BISECTIONS = 10
@@ -362,6 +364,12 @@ def _calibrate(context: _Context, direction: torch.Tensor, position, pixel_value
         else:
             hi, hi_value = scale, value
     if hi is None:  # the model does not leave epsilon at any scale tried: start from the largest
+        logger.warning(
+            "The model's predictions stay within epsilon=%g under a random noise %gx the RMS of its patch embeddings: "
+            "it barely reads its input (is it trained?). The noise starts from that scale.",
+            epsilon,
+            2**CALIBRATION_MAX_DOUBLINGS,
+        )
         return lo, float("nan")
     if lo is None:  # still outside at a tiny scale: start from there
         return hi, hi_value

@@ -330,3 +330,17 @@ def test_trainer_warm_start_passes_the_previous_learned_noise(tmp_path, monkeypa
     cold.refresh_noise(cold.model, inputs)
     cold.refresh_noise(cold.model, inputs)
     assert inits == [None, None]
+
+
+def test_a_model_that_ignores_its_input_gets_a_bounded_start_and_a_warning(batch, caplog):
+    from hf_nullspace.synthesis import CALIBRATION_MAX_DOUBLINGS
+
+    model = make_tiny_vit().eval()
+    with torch.no_grad():  # the head reads nothing: predictions never move, whatever the noise
+        model.classifier.weight.zero_()
+    with caplog.at_level("WARNING", logger="hf_nullspace.synthesis"):
+        result = synthesize_noise(model, batch, NullspaceArguments(), generator=torch.Generator().manual_seed(0))
+    assert "barely reads its input" in caplog.text
+    assert torch.isfinite(result.noise).all()
+    # the start is capped at 2**CALIBRATION_MAX_DOUBLINGS x the embeddings' RMS (times the start factor), not 1e13
+    assert result.norm_ratio <= 2 * 2**CALIBRATION_MAX_DOUBLINGS * 1.5
