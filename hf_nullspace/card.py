@@ -60,6 +60,7 @@ import logging
 import math
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -644,13 +645,30 @@ def _noise_summary(history: list[dict]) -> list[tuple[str, str]]:
     norms = [entry["norm"] for entry in history]
     updates = [entry["updates"] for entry in history]
     reached = sum(bool(entry.get("reached")) for entry in history)
-    return [
+    rows = [
         ("Noise syntheses", str(len(history))),
         ("Noise L2 norm, first → last synthesis", f"{norms[0]:.4g} → {norms[-1]:.4g}"),
-        ("Syntheses that reached ε", f"{reached} / {len(history)}"),
+        ("Syntheses that reached ε by their updates", f"{reached} / {len(history)}"),
+    ]
+    fallbacks = sum(bool(entry.get("fallback")) for entry in history)
+    if any("fallback" in entry for entry in history):
+        rows.append(("Syntheses shrunk back inside ε after the update cap", f"{fallbacks} / {len(history)}"))
+    ratios = sorted(entry["norm_ratio"] for entry in history if entry.get("norm_ratio") is not None)
+    if ratios:
+        rows.append(
+            (
+                "Noise norm / patch-embedding norm, median (min-max)",
+                f"{statistics.median(ratios):.3g} ({ratios[0]:.3g}-{ratios[-1]:.3g})",
+            )
+        )
+    rows += [
         ("Mean noise updates per synthesis", f"{sum(updates) / len(updates):.1f}"),
         ("ε statistic of the last synthesis", f"{history[-1]['statistic']:.4g}"),
     ]
+    heldout = [entry["heldout_statistic"] for entry in history if entry.get("heldout_statistic") is not None]
+    if heldout:
+        rows.append(("ε statistic on held-out rows, median", f"{statistics.median(heldout):.4g}"))
+    return rows
 
 
 def _widget(examples: list[str], repo_id: str | None, revision: str | None = None) -> list[dict] | None:

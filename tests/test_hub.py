@@ -970,3 +970,44 @@ def test_a_baseline_card_says_it_is_a_baseline(mode):
 def test_a_nullspace_card_names_the_method():
     intro = build_model_card(make_results(), repo_id=REPO_ID).text.split("## How it was made")[0]
     assert "with **approximate nullspace augmented finetuning**" in intro and "baseline" not in intro
+
+
+def test_card_shows_how_often_epsilon_was_met_and_the_norm_ratio():
+    results = make_results()
+    results["noise_history"] = [
+        {
+            "step": 0,
+            "norm": 2.0,
+            "updates": 4,
+            "statistic": 0.02,
+            "reached": True,
+            "fallback": False,
+            "norm_ratio": 0.5,
+            "heldout_statistic": 0.05,
+        },
+        {
+            "step": 40,
+            "norm": 3.0,
+            "updates": 3000,
+            "statistic": 0.029,
+            "reached": False,
+            "fallback": True,
+            "norm_ratio": 0.75,
+            "heldout_statistic": 0.07,
+        },
+        {
+            "step": 80,
+            "norm": 4.0,
+            "updates": 6,
+            "statistic": 0.01,
+            "reached": True,
+            "fallback": False,
+            "norm_ratio": 1.0,
+            "heldout_statistic": None,
+        },
+    ]
+    text = build_model_card(results, repo_id=REPO_ID).text
+    assert "| Syntheses that reached ε by their updates | 2 / 3 |" in text
+    assert "| Syntheses shrunk back inside ε after the update cap | 1 / 3 |" in text
+    assert "| Noise norm / patch-embedding norm, median (min-max) | 0.75 (0.5-1) |" in text
+    assert "| ε statistic on held-out rows, median | 0.06 |" in text
