@@ -75,9 +75,33 @@ DEFAULT_VARIANTS = ("bare_clean", "plain_trainer", "none", "random", "nullspace"
 SHAPES = {
     "bundled": dict(batch_size=32, steps=80, repeats=5, samples=1024, warmup=2),
     # ViT-S/16 and ViT-B/16 (Dosovitskiy et al. / DeiT): hidden, layers, heads, MLP
-    # no separate warm-up: the first step of a run (with the synthesis) is not in the per-step median anyway
-    "vit-s16": dict(batch_size=8, steps=4, repeats=2, samples=64, warmup=0, hidden=384, layers=12, heads=6, mlp=1536),
-    "vit-b16": dict(batch_size=8, steps=3, repeats=2, samples=48, warmup=0, hidden=768, layers=12, heads=12, mlp=3072),
+    # no separate warm-up: the first step of a run (with the synthesis) is not in the per-step ratios anyway; the
+    # noisy step is the same work in every mode, so the default variants are the plain and bare references, nullspace
+    # and the authors' loop, and the synthesis options are measured by the synthesis profile
+    "vit-s16": dict(
+        batch_size=8,
+        steps=9,
+        repeats=1,
+        samples=80,
+        warmup=0,
+        hidden=384,
+        layers=12,
+        heads=6,
+        mlp=1536,
+        variants=("bare_clean", "plain_trainer", "nullspace", "authors_loop"),
+    ),  # fmt: skip
+    "vit-b16": dict(
+        batch_size=8,
+        steps=5,
+        repeats=1,
+        samples=48,
+        warmup=0,
+        hidden=768,
+        layers=12,
+        heads=12,
+        mlp=3072,
+        variants=("bare_clean", "plain_trainer", "nullspace", "authors_loop"),
+    ),  # fmt: skip
     # a smoke test of the same path (benchmarks/gpu.sh --tiny)
     "tiny": dict(batch_size=8, steps=4, repeats=1, samples=32, warmup=2, hidden=64, layers=2, heads=2, mlp=128),
 }
@@ -418,57 +442,98 @@ def run_interleaved(variants, base_model, data, batch_size, steps, workdir) -> d
 CALIBRATION_FORWARDS = 6
 
 
-def synthesis_profile(base_model, data, batch_size, summary, refresh, updates=(10, 33, 95)) -> dict:
-    """The seconds of one synthesis update and of one no-grad forward, on the whole batch and on a quarter of it
-    (`noise_synthesis_batch_size`), from syntheses forced to take exactly 1 and 6 updates (epsilon out of reach, the
-    authors' fixed start, no fallback); and the synthesis share of a refresh period that U updates per refresh would
-    give, for the U measured and a few more: the fixed part the measured syntheses took beyond their updates, plus
-    the automatic start's calibration (`CALIBRATION_FORWARDS` no-grad forwards) when the run used a fixed start."""
+def synthesis_profile(base_model, data, batch_size, summary, refresh, forced=(1, 6), updates=(10, 33, 95)) -> dict:
+    """The cost of one synthesis update, on the whole batch and on a quarter of it (`noise_synthesis_batch_size`),
+    from syntheses forced to take exactly `forced` updates (epsilon out of reach, the authors' fixed start, no
+    fallback), each timed next to a bare clean training step (forward, backward, AdamW) of the same batch, so that
+    load from other jobs cancels: costs are in those clean steps. With the noisy step's ratio to the plain Trainer's
+    (from the timed runs), the synthesis share of a refresh period that U updates per refresh would give, for the U
+    measured and a few more: the fixed part the timed syntheses took beyond their updates, plus the automatic start's
+    calibration (`CALIBRATION_FORWARDS` no-grad forwards) when the runs used a fixed start."""
     import torch
+    import torch.nn.functional as F
 
     from hf_nullspace import NullspaceArguments, synthesize_noise
 
     device = "cpu" if _use_cpu() else "cuda"
     model = copy.deepcopy(base_model).to(device)
-    pixel_values = data.pixel_values[:batch_size].to(device)
+    pixel_values, labels = data.pixel_values[:batch_size].to(device), data.labels[:batch_size].to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=_bf16())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the model stays as it is
+
+    def timed(function) -> float:
+        start = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def clean_step():
+        model.train()
+        with autocast:
+            loss = F.cross_entropy(model(pixel_values=pixel_values).logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def forward(rows):
+        model.eval()
+        with torch.no_grad(), autocast:
+            model(pixel_values=pixel_values[:rows])
+
+    timed(clean_step)  # optimiser state, kernels
+    nullspace, plain = summary.get("nullspace") or {}, summary.get("plain_trainer") or {}
+    step_ratio = nullspace.get("ratio_to_plain_trainer_without_synthesis")  # noisy step / plain Trainer step
+    plain_step = plain.get("seconds_per_step_without_synthesis")
     result = {}
     for variant, rows in (("nullspace", batch_size), ("nullspace_sub_batch", max(1, batch_size // 4))):
-        seconds = {}
-        for forced in (1, 6):
-            args = NullspaceArguments(noise_epsilon=1e-12, noise_max_updates=forced, noise_init_limit=3.0,
+        in_steps = {}
+        for count in forced:
+            args = NullspaceArguments(noise_epsilon=1e-12, noise_max_updates=count, noise_init_limit=3.0,
                                       noise_fallback=False)  # fmt: skip
-            start = time.perf_counter()
-            with autocast:
-                assert synthesize_noise(model, pixel_values[:rows], args).updates == forced
-            if device == "cuda":
-                torch.cuda.synchronize()
-            seconds[forced] = time.perf_counter() - start
-        per_update = (seconds[6] - seconds[1]) / 5
-        with torch.no_grad(), autocast:
-            model.eval()
-            start = time.perf_counter()
-            model(pixel_values=pixel_values[:rows])
-            if device == "cuda":
-                torch.cuda.synchronize()
-            forward = time.perf_counter() - start
-        row = {"rows": rows, "seconds_per_update": per_update, "seconds_no_grad_forward": forward}
+
+            def synthesis(rows=rows, args=args, count=count):
+                with autocast:
+                    assert synthesize_noise(model, pixel_values[:rows], args).updates == count
+
+            reference = (timed(clean_step) + timed(clean_step)) / 2
+            in_steps[count] = timed(synthesis) / reference
+        reference = timed(clean_step)
+        per_update = (in_steps[forced[1]] - in_steps[forced[0]]) / (forced[1] - forced[0])  # in clean steps
+        row = {"rows": rows, "update_x_bare_clean_step": per_update,
+               "no_grad_forward_x_bare_clean_step": timed(lambda rows=rows: forward(rows)) / reference}  # fmt: skip
         measured = summary.get(variant)
-        step = (summary.get("nullspace") or {}).get("seconds_per_step_without_synthesis")
-        if measured and step:
-            measured_updates = measured["updates_per_refresh_median"] or 0
-            fixed = max(0.0, measured["synthesis_seconds_per_refresh"] - measured_updates * per_update)
-            if NOISE_OVERRIDES.get("noise_init_limit") is not None:  # a fixed start: add the default's calibration
-                fixed += CALIBRATION_FORWARDS * forward
+        if step_ratio and plain_step:
+            # in units of the plain Trainer's step: the bare clean step is its bare_clean ratio of it
+            bare = (summary.get("bare_clean") or {}).get("ratio_to_plain_trainer_without_synthesis") or 1.0
+            update = per_update * bare
+            calibration = CALIBRATION_FORWARDS * row["no_grad_forward_x_bare_clean_step"] * bare
+            if measured:
+                measured_updates = measured["updates_per_refresh_median"] or 0
+                fixed = max(0.0, measured["synthesis_seconds_per_refresh"] / plain_step - measured_updates * update)
+            elif "nullspace" in result:
+                # not run as a variant: the whole batch's fixed part (forwards) scaled to these rows, plus the
+                # held-out statistic's forward of the other rows
+                full = result["nullspace"]
+                scale = row["no_grad_forward_x_bare_clean_step"] / full["no_grad_forward_x_bare_clean_step"]
+                fixed = full["fixed_x_plain_step"] * scale + full["no_grad_forward_x_bare_clean_step"] * bare * (
+                    1 - scale
+                )
+                measured_updates = 0
+                row["fixed_estimated_from_the_whole_batch"] = True
+            else:
+                fixed, measured_updates = 0.0, 0
+            if NOISE_OVERRIDES.get("noise_init_limit") is not None and measured:  # fixed start: add the calibration
+                fixed += calibration
                 row["calibration_forwards_added"] = CALIBRATION_FORWARDS
-            row["fixed_seconds"] = fixed
-            row["update_x_training_step"] = per_update / step
+            row["fixed_x_plain_step"] = fixed
+            row["update_x_noisy_step"] = update / step_ratio
             row["share_at_updates"] = {}
             for u in sorted({measured_updates, *updates}):
-                synthesis = fixed + u * per_update
-                row["share_at_updates"][str(u)] = synthesis / (refresh * step + synthesis)
+                synthesis = fixed + u * update
+                row["share_at_updates"][str(u)] = synthesis / (refresh * step_ratio + synthesis)
             # the most updates per refresh that keep synthesis within 10% of the finetune's time
-            row["updates_within_10_percent"] = max(0.0, (refresh * step / 9 - fixed) / per_update)
+            row["updates_within_10_percent"] = max(0.0, (refresh * step_ratio / 9 - fixed) / update)
         result[variant] = row
     return result
 
@@ -481,21 +546,29 @@ def memory_worker(args) -> dict:
 
     model, data = build(args.shape, args.samples)
     model.to("cpu" if _use_cpu() else "cuda")
-    base = _rss_mb()
+    # the peak of the run itself, not of loading the data: Linux resets the high-water mark on request
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        peak_field = "VmHWM:"
+    except OSError:
+        peak_field = None
+    base = _status_mb("VmRSS:")
     if torch.cuda.is_available() and not _use_cpu():
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated() / 2**20
     prepare_variant(args.memory_worker, model, data, args.batch_size, 2, args.workdir, fresh_copy=False)()
-    result = {"base_rss_mb": base, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = _status_mb(peak_field) if peak_field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"base_rss_mb": base, "peak_rss_mb": peak, "peak_of_run_only": peak_field is not None}
     if torch.cuda.is_available() and not _use_cpu():
         result.update(base_cuda_mb=base_cuda, peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20)
     return result
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -534,13 +607,31 @@ def summarise(runs: dict, steps: int, refresh: int, full_schedule: bool, batch_s
                 statistics.median(s / u for s, u in zip(synthesis, updates) if u) if any(updates) else None
             ),
         }
-        if reference:
+        if reference and full_schedule:
             plain = [_period(r, steps, refresh, full_schedule) for r in reference]
             row["ratio_to_plain_trainer"] = statistics.median(p[0] / q[0] for p, q in zip(periods, plain))
             row["ratio_to_plain_trainer_without_synthesis"] = statistics.median(
                 p[1] / q[1] for p, q in zip(periods, plain)
             )
             row["ratio_per_repeat"] = [p[0] / q[0] for p, q in zip(periods, plain)]
+        elif reference:
+            # long steps, few of them: step k of this variant against step k of the plain Trainer, run next to it
+            # (the first step, with the synthesis, left out), median over steps and repeats; the synthesis added
+            # once per refresh period of the plain Trainer's median step
+            pairs = [r["per_step"][k] / q["per_step"][k] for r, q in zip(records, reference)
+                     for k in range(1, min(len(r["per_step"]), len(q["per_step"])))]  # fmt: skip
+            plain_step = statistics.median(x for q in reference for x in q["per_step"][1:])
+            step_ratio = statistics.median(pairs)
+            period = refresh * step_ratio * plain_step + row["synthesis_seconds_per_refresh"]
+            row.update(
+                seconds_per_step=period / refresh,
+                images_per_second=batch_size * refresh / period,
+                seconds_per_step_without_synthesis=step_ratio * plain_step,
+                synthesis_share=row["synthesis_seconds_per_refresh"] / period,
+                ratio_to_plain_trainer=period / (refresh * plain_step),
+                ratio_to_plain_trainer_without_synthesis=step_ratio,
+                step_ratios=pairs,
+            )
         summary[variant] = row
     if {"plain_trainer", "bare_clean", "nullspace", "authors_loop"} <= set(summary):
         # "nullspace costs no more than the authors' loop plus the plain Trainer's own overhead", per step, x plain
@@ -576,6 +667,7 @@ def main():
     parser.add_argument("--warmup", type=int, help="untimed steps of every variant first (shape default)")
     parser.add_argument("--synthesis-profile", action=argparse.BooleanOptionalAction, default=None,
                         help="time synthesis updates apart (default: for shapes timed in part, not bundled)")  # fmt: skip
+    parser.add_argument("--profile-updates", default="1,6", help="the two forced update counts of the profile")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="peak memory of each variant in its own process")  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, the core count)")
@@ -605,7 +697,7 @@ def main():
 
     from hf_nullspace import NullspaceArguments
 
-    variants = args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS)
+    variants = args.variants.split(",") if args.variants else list(spec.get("variants", DEFAULT_VARIANTS))
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
@@ -633,9 +725,30 @@ def main():
                   f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}", flush=True)  # fmt: skip
     summary = summarise(runs, args.steps, refresh, full_schedule, args.batch_size)
     if args.synthesis_profile if args.synthesis_profile is not None else not full_schedule:
-        summary["_synthesis"] = synthesis_profile(base_model, data, args.batch_size, summary, refresh)
+        forced = tuple(int(n) for n in args.profile_updates.split(","))
+        summary["_synthesis"] = synthesis_profile(base_model, data, args.batch_size, summary, refresh, forced)
         print(json.dumps(summary["_synthesis"], indent=1), flush=True)
 
+    result = {
+        "device": f"{device}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),
+        "torch_threads": torch.get_num_threads(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "output", "workdir")}
+        | {"variants": variants, "refresh": refresh, "full_schedule_timed": full_schedule},
+        "nullspace_arguments": NullspaceArguments().to_dict(),
+        "summary": summary,
+        "runs": runs,
+    }
+    output = args.output or os.path.join(
+        RESULTS, "training_cost.json" if args.shape == "bundled" else f"training_cost_{args.shape}.json"
+    )
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+
+    def save():  # after the timings, and again with the memory pass (a run cut short still leaves its timings)
+        with open(output, "w") as f:
+            json.dump(result, f, indent=2)
+
+    save()
     memory = {}
     if args.memory:
         forwarded = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--samples", str(args.samples),
@@ -657,22 +770,7 @@ def main():
                 )
             summary[variant]["memory"] = row
 
-    result = {
-        "device": f"{device}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-        + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),
-        "torch_threads": torch.get_num_threads(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "output", "workdir")}
-        | {"variants": variants, "refresh": refresh, "full_schedule_timed": full_schedule},
-        "nullspace_arguments": NullspaceArguments().to_dict(),
-        "summary": summary,
-        "runs": runs,
-    }
-    output = args.output or os.path.join(
-        RESULTS, "training_cost.json" if args.shape == "bundled" else f"training_cost_{args.shape}.json"
-    )
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
+        save()
     print(f"\nper step over a refresh period of {refresh} steps (medians of {args.repeats} interleaved repeats):")
     print("| variant | s/step | x plain Trainer | x plain, steps without synthesis | synthesis share | updates/refresh "
           "| s/update | peak memory x plain |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
