@@ -234,8 +234,10 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
         outputs = model(pixel_values=inputs["pixel_values"], **self._model_kwargs(inputs))
         return self._classification_loss(outputs.logits, inputs["labels"], num_items_in_batch), outputs
 
-    def _finite_on_all_processes(self, value: torch.Tensor) -> bool:
-        """Whether `value` is finite here: a local check, no collective (see `non_finite_check_steps`)."""
+    @staticmethod
+    def _finite_here(value: torch.Tensor) -> bool:
+        """Whether `value` is finite on this process: a local check (one host sync, as the Trainer's own NaN filter
+        does every step), no collective; processes agree every `non_finite_check_steps` steps."""
         return bool(torch.isfinite(value.detach()).all())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -258,7 +260,7 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
                 outputs, clean_logits, noisy_logits = self._forward(model, inputs, hook)
                 clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
                 noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
-                if self._finite_on_all_processes(noisy_loss):
+                if self._finite_here(noisy_loss):
                     loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
                     break
                 if self.accelerator.num_processes > 1:
