@@ -135,3 +135,24 @@ def make_tiny_model(model_type: str, **overrides):
     model = model_class(model_class.config_class(**{**config, **overrides}))
     assert model.config.model_type == model_type
     return model
+
+
+def tiny_training_args(tmp_path, **overrides):
+    """`TrainingArguments` of the trainer tests: CPU, constant lr 1e-3, batch 8, 4 steps, a log every step, no saves."""
+    from transformers import TrainingArguments
+
+    defaults = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return TrainingArguments(**{**defaults, **overrides})

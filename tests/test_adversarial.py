@@ -8,8 +8,8 @@ processes (slow).
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_vit, template_images
-from transformers import TrainingArguments, ViTImageProcessor
+from conftest import make_tiny_vit, template_images, tiny_training_args
+from transformers import ViTImageProcessor
 
 from hf_nullspace.adversarial import (
     ADVERSARIAL_MODES,
@@ -50,25 +50,11 @@ class PixelDataset(torch.utils.data.Dataset):
 
 
 def make_trainer(tmp_path, mode="madry", adversarial_args=None, model=None, with_processor=True, **training):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=3,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    defaults.update(training)
+    arguments = tiny_training_args(tmp_path, **{"max_steps": 3, **training})
     torch.manual_seed(0)
     return NullspaceTrainer(
         model=model if model is not None else make_tiny_vit(),
-        args=TrainingArguments(**defaults),
+        args=arguments,
         train_dataset=PixelDataset(),
         processing_class=processor() if with_processor else None,
         nullspace_args=NullspaceArguments(nullspace_mode=mode),

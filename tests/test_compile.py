@@ -6,8 +6,8 @@ import types
 
 import pytest
 import torch
-from conftest import make_tiny_vit, template_images
-from transformers import TrainerCallback, TrainingArguments
+from conftest import make_tiny_vit, template_images, tiny_training_args
+from transformers import TrainerCallback
 
 from hf_nullspace import embedding
 from hf_nullspace.config import NullspaceArguments
@@ -32,26 +32,12 @@ FAST = dict(noise_max_updates=5, noise_refresh_steps=2, noise_init_limit=3.0)
 
 
 def make_trainer(tmp_path, model=None, nullspace_args=None, **training):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=8,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,  # a compiled model's forward signature is (*args, **kwargs)
-    )
-    defaults.update(training)
+    # a compiled model's forward signature is (*args, **kwargs): keep the batch's columns
+    arguments = tiny_training_args(tmp_path, **{"max_steps": 8, "remove_unused_columns": False, **training})
     torch.manual_seed(0)
     return NullspaceTrainer(
         model=model if model is not None else make_tiny_vit(),
-        args=TrainingArguments(**defaults),
+        args=arguments,
         train_dataset=TemplateDataset(),
         nullspace_args=nullspace_args or NullspaceArguments(**FAST),
     )

@@ -9,9 +9,8 @@ import os
 
 import pytest
 import torch
-from conftest import FAMILIES, make_tiny_model, make_tiny_vit, template_images
+from conftest import FAMILIES, make_tiny_model, make_tiny_vit, template_images, tiny_training_args
 from test_hub import hub_server  # noqa: F401  (the local Hub server fixture)
-from transformers import TrainingArguments
 
 from hf_nullspace.classifier import unwrap
 from hf_nullspace.config import NullspaceArguments
@@ -100,24 +99,10 @@ class TemplateDataset(torch.utils.data.Dataset):
 
 
 def make_trainer(tmp_path, adapter_seed=0, **training):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=4,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    defaults.update(training)
+    arguments = tiny_training_args(tmp_path, **{"learning_rate": 1e-2, **training})
     return NullspaceTrainer(
         model=lora_vit(adapter_seed),
-        args=TrainingArguments(**defaults),
+        args=arguments,
         train_dataset=TemplateDataset(),
         nullspace_args=NullspaceArguments(noise_max_updates=10, noise_refresh_steps=2),
     )

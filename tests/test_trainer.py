@@ -3,8 +3,8 @@ import os
 
 import pytest
 import torch
-from conftest import make_tiny_vit, template_images
-from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback, TrainingArguments
+from conftest import make_tiny_vit, template_images, tiny_training_args
+from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import UnsupportedModelError
@@ -24,25 +24,11 @@ class TemplateDataset(torch.utils.data.Dataset):
 
 
 def make_trainer(tmp_path, nullspace_args=None, model=None, **training):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=4,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    defaults.update(training)
+    arguments = tiny_training_args(tmp_path, **training)
     torch.manual_seed(0)
     return NullspaceTrainer(
         model=model if model is not None else make_tiny_vit(),
-        args=TrainingArguments(**defaults),
+        args=arguments,
         train_dataset=TemplateDataset(),
         nullspace_args=nullspace_args or NullspaceArguments(noise_max_updates=20, noise_refresh_steps=2),
     )
