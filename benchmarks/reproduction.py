@@ -1,4 +1,4 @@
-"""Small-scale reproduction of the paper's claims on two real datasets and their bundled ViTs (ALGORITHM.md 3-5).
+"""Small-scale reproduction of the paper's claims on two real datasets and their bundled ViTs (docs/method.md).
 
 For each dataset (the bundled MNIST digits; colour photo and texture patches cut from scikit-image's sample images,
 built here), from its bundled pretrained ViT, finetune in the four modes with the same steps and data order per seed:

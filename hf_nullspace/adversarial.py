@@ -12,7 +12,7 @@ unwrapped from DDP (each process attacks its own shard; no collective runs insid
 start from a generator seeded by (seed, optimiser step, micro-batch, process): different on every step and process,
 identical after a resume.
 
-Defaults are the paper's Table 2 recipe for both baselines (ALGORITHM.md section 3): L-inf epsilon 8/255, step size
+Defaults are the paper's Table 2 recipe for both baselines (docs/method.md): L-inf epsilon 8/255, step size
 2/255, 10 steps; `beta=1` (the authors' 1:1 loss; the TRADES paper itself uses beta 6 on CIFAR-10).
 """
 
