@@ -442,7 +442,9 @@ def run_interleaved(variants, base_model, data, batch_size, steps, workdir) -> d
 CALIBRATION_FORWARDS = 6
 
 
-def synthesis_profile(base_model, data, batch_size, summary, refresh, forced=(1, 6), updates=(10, 33, 95)) -> dict:
+def synthesis_profile(
+    base_model, data, batch_size, summary, refresh, forced=(1, 6), repeats=3, updates=(10, 33, 95)
+) -> dict:
     """The cost of one synthesis update, on the whole batch and on a quarter of it (`noise_synthesis_batch_size`),
     from syntheses forced to take exactly `forced` updates (epsilon out of reach, the authors' fixed start, no
     fallback), each timed next to a bare clean training step (forward, backward, AdamW) of the same batch, so that
@@ -487,20 +489,24 @@ def synthesis_profile(base_model, data, batch_size, summary, refresh, forced=(1,
     plain_step = plain.get("seconds_per_step_without_synthesis")
     result = {}
     for variant, rows in (("nullspace", batch_size), ("nullspace_sub_batch", max(1, batch_size // 4))):
-        in_steps = {}
-        for count in forced:
-            args = NullspaceArguments(noise_epsilon=1e-12, noise_max_updates=count, noise_init_limit=3.0,
-                                      noise_fallback=False)  # fmt: skip
+        estimates = []
+        for _ in range(repeats):  # the median of `repeats` estimates: a synthesis is long, and catches load alone
+            in_steps = {}
+            for count in forced:
+                args = NullspaceArguments(noise_epsilon=1e-12, noise_max_updates=count, noise_init_limit=3.0,
+                                          noise_fallback=False)  # fmt: skip
 
-            def synthesis(rows=rows, args=args, count=count):
-                with autocast:
-                    assert synthesize_noise(model, pixel_values[:rows], args).updates == count
+                def synthesis(rows=rows, args=args, count=count):
+                    with autocast:
+                        assert synthesize_noise(model, pixel_values[:rows], args).updates == count
 
-            reference = (timed(clean_step) + timed(clean_step)) / 2
-            in_steps[count] = timed(synthesis) / reference
+                before = timed(clean_step)
+                seconds = timed(synthesis)
+                in_steps[count] = seconds / ((before + timed(clean_step)) / 2)
+            estimates.append((in_steps[forced[1]] - in_steps[forced[0]]) / (forced[1] - forced[0]))
         reference = timed(clean_step)
-        per_update = (in_steps[forced[1]] - in_steps[forced[0]]) / (forced[1] - forced[0])  # in clean steps
-        row = {"rows": rows, "update_x_bare_clean_step": per_update,
+        per_update = statistics.median(estimates)  # in clean steps
+        row = {"rows": rows, "update_x_bare_clean_step": per_update, "estimates": estimates,
                "no_grad_forward_x_bare_clean_step": timed(lambda rows=rows: forward(rows)) / reference}  # fmt: skip
         measured = summary.get(variant)
         if step_ratio and plain_step:
@@ -668,6 +674,8 @@ def main():
     parser.add_argument("--synthesis-profile", action=argparse.BooleanOptionalAction, default=None,
                         help="time synthesis updates apart (default: for shapes timed in part, not bundled)")  # fmt: skip
     parser.add_argument("--profile-updates", default="1,6", help="the two forced update counts of the profile")
+    parser.add_argument("--profile-repeats", type=int, default=3, help="estimates of the profile (median)")
+    parser.add_argument("--reuse-runs", help="a result JSON whose timed runs and memory to reuse (same settings)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="peak memory of each variant in its own process")  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, the core count)")
@@ -709,12 +717,17 @@ def main():
     print(f"shape {args.shape}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, refresh "
           f"{refresh}, torch threads {torch.get_num_threads()}, device {device}", flush=True)  # fmt: skip
 
+    reused = None
+    if args.reuse_runs:  # the timed runs (and memory) of an earlier result, same settings: redo the rest only
+        with open(args.reuse_runs) as f:
+            reused = json.load(f)
+        args.warmup, args.repeats = 0, 0
     if args.warmup:  # every variant once, short, with a synthesis (untimed)
         start = time.perf_counter()
         run_interleaved(variants, base_model, data, args.batch_size, args.warmup, args.workdir)
         print(f"warm-up: {time.perf_counter() - start:.1f} s", flush=True)
 
-    runs = {v: [] for v in variants}
+    runs = {v: list(reused["runs"][v]) for v in variants} if reused else {v: [] for v in variants}
     for repeat in range(args.repeats):
         # interleaved step by step: step k of every variant runs at nearly the same moment
         records = run_interleaved(variants, base_model, data, args.batch_size, args.steps, args.workdir)
@@ -723,10 +736,14 @@ def main():
             runs[variant].append(record)
             print(f"repeat {repeat + 1}/{args.repeats} {variant}: {record['seconds']:.2f} s for {args.steps} steps, "
                   f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}", flush=True)  # fmt: skip
+    if reused:
+        args.repeats, args.warmup = reused["settings"]["repeats"], reused["settings"].get("warmup", 0)
     summary = summarise(runs, args.steps, refresh, full_schedule, args.batch_size)
     if args.synthesis_profile if args.synthesis_profile is not None else not full_schedule:
         forced = tuple(int(n) for n in args.profile_updates.split(","))
-        summary["_synthesis"] = synthesis_profile(base_model, data, args.batch_size, summary, refresh, forced)
+        summary["_synthesis"] = synthesis_profile(
+            base_model, data, args.batch_size, summary, refresh, forced, args.profile_repeats
+        )
         print(json.dumps(summary["_synthesis"], indent=1), flush=True)
 
     result = {
@@ -750,7 +767,13 @@ def main():
 
     save()
     memory = {}
-    if args.memory:
+    if reused:
+        for variant in variants:
+            if "memory" in reused["summary"].get(variant, {}):
+                summary[variant]["memory"] = reused["summary"][variant]["memory"]
+        result["settings"]["reused_runs_from"] = os.path.basename(args.reuse_runs)
+        save()
+    elif args.memory:
         forwarded = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--samples", str(args.samples),
                      "--device", args.device, "--workdir", args.workdir] + (["--bf16"] if args.bf16 else [])  # fmt: skip
         forwarded += ["--threads", str(args.threads)] if args.threads else []
