@@ -761,17 +761,19 @@ def main():
     )
     os.makedirs(os.path.dirname(output), exist_ok=True)
 
+    if reused:
+        result["settings"]["reuse_runs"] = os.path.basename(args.reuse_runs)
+
     def save():  # after the timings, and again with the memory pass (a run cut short still leaves its timings)
         with open(output, "w") as f:
             json.dump(result, f, indent=2)
 
     save()
     memory = {}
-    if reused:
+    if reused and all("memory" in reused["summary"].get(v, {}) for v in variants):
         for variant in variants:
             if "memory" in reused["summary"].get(variant, {}):
                 summary[variant]["memory"] = reused["summary"][variant]["memory"]
-        result["settings"]["reused_runs_from"] = os.path.basename(args.reuse_runs)
         save()
     elif args.memory:
         forwarded = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--samples", str(args.samples),
