@@ -70,8 +70,19 @@ def dataset_dir(dataset: str, workdir: str) -> str:
         return DATASETS[dataset]["data"]
     folder = os.path.join(workdir, f"{dataset}-data")
     if not os.path.isfile(os.path.join(folder, "test.parquet")):
-        subprocess.run([sys.executable, os.path.join(ROOT, "trainer_scripts", "train_base_model.py"), "--dataset",
-                        dataset, "--data-only", "--data-dir", folder], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "trainer_scripts", "train_base_model.py"),
+                "--dataset",
+                dataset,
+                "--data-only",
+                "--data-dir",
+                folder,
+            ],
+            check=True,
+            capture_output=True,
+        )
     return folder
 
 
@@ -178,8 +189,16 @@ def summarise(runs: list[dict]) -> list[dict]:
     rows = []
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         base = next(r for r in runs if r["dataset"] == dataset)["base_columns"]
-        rows.append({"dataset": dataset, "mode": "base (no finetuning)", "variant": "-", "epsilon": None, "seeds": 1,
-                     **{k: (v, 0.0) for k, v in base.items() if v is not None}})  # fmt: skip
+        rows.append(
+            {
+                "dataset": dataset,
+                "mode": "base (no finetuning)",
+                "variant": "-",
+                "epsilon": None,
+                "seeds": 1,
+                **{k: (v, 0.0) for k, v in base.items() if v is not None},
+            }
+        )
         for (group_dataset, mode, variant, epsilon), members in groups.items():
             if group_dataset != dataset:
                 continue
@@ -204,10 +223,15 @@ def markdown(rows: list[dict]) -> str:
         mode = row["mode"] + ("" if row["variant"] == "-" else f" ({row['variant']})")
         s = row.get("synthesis") or {}
         extra = (
-            [f"{s['reached']}/{s['refreshes']}", str(s["fallback"]), f"{s['updates_median']:g}",
-             f"{s['norm_ratio_median']:.2f}" if s.get("norm_ratio_median") is not None else "—"]
-            if s else ["-", "-", "-", "-"]
-        )  # fmt: skip
+            [
+                f"{s['reached']}/{s['refreshes']}",
+                str(s["fallback"]),
+                f"{s['updates_median']:g}",
+                f"{s['norm_ratio_median']:.2f}" if s.get("norm_ratio_median") is not None else "—",
+            ]
+            if s
+            else ["-", "-", "-", "-"]
+        )
         lines.append(f"| {row['dataset']} | {mode} | {eps} | " + " | ".join(cells + extra) + " |")
     return "\n".join(lines) + "\n"
 
@@ -219,18 +243,22 @@ def figures(runs: list[dict], rows: list[dict], datasets: list[str]) -> list[str
 
     paths = []
     for dataset in datasets:
-        histories = {f"seed {r['seed']}": r["noise_history"] for r in runs
-                     if r["dataset"] == dataset and r["mode"] == "nullspace" and r["variant"] == "-"
-                     and r["epsilon"] == 0.03}  # fmt: skip
+        histories = {
+            f"seed {r['seed']}": r["noise_history"]
+            for r in runs
+            if r["dataset"] == dataset and r["mode"] == "nullspace" and r["variant"] == "-" and r["epsilon"] == 0.03
+        }
         if histories:
             path = os.path.join(RESULTS, f"reproduction_noise_norm_{dataset}.png")
-            paths.append(plot_noise_norm(histories, path, title=f"Learned noise norm over training ({dataset}, "
-                                                                 "epsilon 0.03, 3 seeds)"))  # fmt: skip
+            paths.append(
+                plot_noise_norm(
+                    histories, path, title=f"Learned noise norm over training ({dataset}, epsilon 0.03, 3 seeds)"
+                )
+            )
     keys = [f"{b}|{m}" for b, m in COLUMNS if m == "accuracy"] + ["robust mean|accuracy"]
     fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
     for ax, dataset in zip(axes[:, 0], datasets):
-        shown = [r for r in rows if r["dataset"] == dataset and r["variant"] == "-"
-                 and (r["epsilon"] in (None, 0.03))]  # fmt: skip
+        shown = [r for r in rows if r["dataset"] == dataset and r["variant"] == "-" and (r["epsilon"] in (None, 0.03))]
         width = 0.8 / max(len(shown), 1)
         for i, row in enumerate(shown):
             xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(keys))]
@@ -271,8 +299,11 @@ def main():
         i, config = indexed
         result = run(config, args)
         seconds = result["seconds"]
-        print(f"[{i + 1}/{len(configs)}] {config}: clean {result['columns']['clean|accuracy']:.4f}"
-              + (f" ({seconds:.0f} s)" if seconds else ""), flush=True)  # fmt: skip
+        print(
+            f"[{i + 1}/{len(configs)}] {config}: clean {result['columns']['clean|accuracy']:.4f}"
+            + (f" ({seconds:.0f} s)" if seconds else ""),
+            flush=True,
+        )
         return result
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:

@@ -1,4 +1,4 @@
-"""Noise synthesis: updates to epsilon, wall time, norms and held-out statistics, on both bundled ViTs and real batches.
+"""Noise synthesis: updates to epsilon, wall time, norms and held-out statistics on both bundled ViTs and real batches.
 
 For each bundled model (MNIST digits; colour photo and texture patches) and each setting (the automatic start with
 several `noise_init_factor`s, the authors' fixed U(-limit, limit) starts, the random baseline), over several batches
@@ -45,8 +45,14 @@ def measure(model, data, nullspace_args, seeds, warm_start=False):
         previous = None
         for i, pixel_values in enumerate(data):
             start = time.perf_counter()
-            result = synthesize_noise(model, pixel_values, nullspace_args, generator=torch.Generator().manual_seed(seed),
-                                      heldout=data[(i + 1) % len(data)], init=previous)  # fmt: skip
+            result = synthesize_noise(
+                model,
+                pixel_values,
+                nullspace_args,
+                generator=torch.Generator().manual_seed(seed),
+                heldout=data[(i + 1) % len(data)],
+                init=previous,
+            )
             seconds = time.perf_counter() - start
             if warm_start:
                 previous = result.noise
@@ -106,24 +112,36 @@ def main():
             forward[dataset] = time.perf_counter() - start
         for epsilon in args.epsilons:
             settings = [(f"auto x{f:g}", dict(noise_init_factor=f), {"init_factor": f}) for f in args.init_factors]
-            settings += [(f"fixed U(-{lim:g}, {lim:g})", dict(noise_init_limit=lim), {"init_limit": lim})
-                         for lim in args.init_limits]  # fmt: skip
+            settings += [
+                (f"fixed U(-{lim:g}, {lim:g})", dict(noise_init_limit=lim), {"init_limit": lim})
+                for lim in args.init_limits
+            ]
             for label, kwargs, extra in settings:
                 nullspace_args = NullspaceArguments(
                     noise_epsilon=epsilon, noise_max_updates=args.max_updates, **kwargs
                 )
                 rows.append(row(label, dataset, epsilon, measure(model, data, nullspace_args, args.seeds), **extra))
             default = NullspaceArguments(noise_epsilon=epsilon, noise_max_updates=args.max_updates)
-            rows.append(row("auto, warm start", dataset, epsilon,
-                            measure(model, data, default, args.seeds, warm_start=True), init_factor=2.0))  # fmt: skip
+            rows.append(
+                row(
+                    "auto, warm start",
+                    dataset,
+                    epsilon,
+                    measure(model, data, default, args.seeds, warm_start=True),
+                    init_factor=2.0,
+                )
+            )
             random = NullspaceArguments(nullspace_mode="random", noise_epsilon=epsilon)
             rows.append(row("random baseline", dataset, epsilon, measure(model, data, random, args.seeds)))
             for r in rows[-len(settings) - 2 :]:
-                print(f"{dataset:8s} eps={epsilon:<5g} {r['setting']:18s} reached {r['reached']:4.0%} "
-                      f"fallback {r['fallback']:4.0%} updates {r['updates_median']:5.0f} (max {r['updates_max']:4d}) "
-                      f"{r['seconds_median']:.3f} s  norm {r['norm_median']:7.1f} ratio {r['norm_ratio_median']:.2f} "
-                      f"stat {r['statistic_median']:.4f} held-out {r['heldout_statistic_median']:.4f} "
-                      f"({r['heldout_inside']:.0%} inside)", flush=True)  # fmt: skip
+                print(
+                    f"{dataset:8s} eps={epsilon:<5g} {r['setting']:18s} reached {r['reached']:4.0%} "
+                    f"fallback {r['fallback']:4.0%} updates {r['updates_median']:5.0f} (max {r['updates_max']:4d}) "
+                    f"{r['seconds_median']:.3f} s  norm {r['norm_median']:7.1f} ratio {r['norm_ratio_median']:.2f} "
+                    f"stat {r['statistic_median']:.4f} held-out {r['heldout_statistic_median']:.4f} "
+                    f"({r['heldout_inside']:.0%} inside)",
+                    flush=True,
+                )
     result = {
         "device": f"cpu, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "models": {d: os.path.relpath(DATASETS[d]["model"], ROOT) for d in args.datasets},

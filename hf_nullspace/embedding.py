@@ -240,8 +240,8 @@ class NoiseHook:
         if self._pair.shape[2:] != (dim, height * width):
             raise ValueError(
                 f"Noise of shape (1, {self._pair.shape[3]}, {self._pair.shape[2]}) does not fit a patch embedding of "
-                f"{height * width} patches x {dim} channels: expected (1, {height * width}, {dim}). Was the noise made "
-                "for another image size?"
+                f"{height * width} patches x {dim} channels: expected (1, {height * width}, {dim}). Was the noise "
+                "made for another image size?"
             )
         pair = self._pair.view(2, 1, dim, height, width).to(output.dtype)
         if layout == "all":

@@ -279,7 +279,7 @@ class RunPublishingMixin:
         return {"name": name, "config": (training_data or {}).get("config"), "split": str(split) if split else None}
 
     def _write_examples(self) -> list[str]:
-        """A few eval images in `output_dir/examples/` for the card's widget (written once; see `card.save_examples`)."""
+        """A few eval images in `output_dir/examples/` for the card widget (written once; see `card.save_examples`)."""
 
         if "examples" in self.run_info:
             return list(self.run_info["examples"])

@@ -1,4 +1,4 @@
-"""epsilon-approximate nullspace noise: the learned noise, the random baseline, and the epsilon statistic (Sec. 3.2-3.3).
+"""epsilon-approximate nullspace noise: the learned noise, the random baseline, the epsilon statistic (Sec. 3.2-3.3).
 
 A noise v of shape (1, N, D), added to the output of the patch projection, is in the epsilon-approximate nullspace
 of a model f if the batch mean of ||softmax(f(u + v)) - softmax(f(u))||_2^2 is below epsilon. The authors learn it

@@ -138,7 +138,7 @@ def make_tiny_model(model_type: str, **overrides):
 
 
 def tiny_training_args(tmp_path, **overrides):
-    """`TrainingArguments` of the trainer tests: CPU, constant lr 1e-3, batch 8, 4 steps, a log every step, no saves."""
+    """`TrainingArguments` of the trainer tests: CPU, constant lr 1e-3, batch 8, 4 steps, logs every step, no saves."""
     from transformers import TrainingArguments
 
     defaults = dict(

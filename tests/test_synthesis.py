@@ -201,8 +201,20 @@ def test_summary_records_scale_updates_statistics_and_norm_ratio(trained_tiny_vi
         trained_tiny_vit, batch, NullspaceArguments(), generator=torch.Generator().manual_seed(0)
     )
     summary = result.summary()
-    for key in ("norm", "norm_ratio", "updates", "statistic", "heldout_statistic", "reached", "inside", "fallback",
-                "start_scale", "boundary_scale", "embedding_norm", "redraws"):  # fmt: skip
+    for key in (
+        "norm",
+        "norm_ratio",
+        "updates",
+        "statistic",
+        "heldout_statistic",
+        "reached",
+        "inside",
+        "fallback",
+        "start_scale",
+        "boundary_scale",
+        "embedding_norm",
+        "redraws",
+    ):
         assert key in summary, key
     tokens = []
     projection = trained_tiny_vit.vit.embeddings.patch_embeddings.projection

@@ -224,7 +224,8 @@ Re-create with `python trainer_scripts/train_base_model.py --dataset textures --
 | coffee | `coffee()` | Rachel Michetti, courtesy of Pikolo Espresso Bar | CC0 |
 | rocket | `rocket()` | SpaceX (DSCOVR launch on Falcon 9) | public domain |
 | hubble | `hubble_deep_field()` | NASA / HubbleSite, Hubble eXtreme Deep Field | public domain |
-| tissue | `immunohistochemistry()` | Center for Microscopy and Molecular Imaging (CMMI) | no known copyright restrictions |
+| tissue | `immunohistochemistry()` | Center for Microscopy and Molecular Imaging (CMMI) | \
+no known copyright restrictions |
 | retina | `retina()` | Mikael Häggström, Wikimedia Commons | CC0 |
 | brick | `brick()` | CC0Textures (Bricks25) | CC0 |
 | grass | `grass()` | linolafett, DeviantArt (Grass 01) | CC0 |
@@ -538,8 +539,10 @@ def MNIST_MODEL_README(r: dict) -> str:  # noqa: N802
     fg = r["fgsm_test_accuracy"]
     return f"""# vit-tiny-mnist
 
-A small `ViTForImageClassification` (RGB, {c["image_size"]}x{c["image_size"]} input, {c["patch_size"]}x{c["patch_size"]} patches,
-hidden size {c["hidden_size"]}, {c["num_hidden_layers"]} layers, {c["num_attention_heads"]} heads, MLP {c["intermediate_size"]},
+A small `ViTForImageClassification` (RGB, {c["image_size"]}x{c["image_size"]} input, \
+{c["patch_size"]}x{c["patch_size"]} patches,
+hidden size {c["hidden_size"]}, {c["num_hidden_layers"]} layers, {c["num_attention_heads"]} heads, \
+MLP {c["intermediate_size"]},
 {r["n_params"]:,} parameters) trained from scratch on the bundled 4,000-image MNIST subset (`../mnist/`).
 
 It is a **stand-in for a pretrained ImageNet ViT** for the offline default of `hf_nullspace`: no PyPI package ships
@@ -547,7 +550,8 @@ pretrained ViT weights and the offline default must not reach the Hub, so this m
 "pretrained" base that is then finetuned with approximate-nullspace noise. It is not meant for real use.
 
 As in ViT-S/16 (768 pixel values per patch -> 384 hidden), its patch projection maps more pixel values per patch
-(c*r*r = {ns["input_dim_c_r_r"]}) than its hidden size ({ns["hidden_size"]}): the projection matrix has rank {ns["rank"]}, so its
+(c*r*r = {ns["input_dim_c_r_r"]}) than its hidden size ({ns["hidden_size"]}): the projection matrix has \
+rank {ns["rank"]}, so its
 exact nullspace has dimension {ns["nullspace_dim"]}.
 
 ## Preprocessing
@@ -561,7 +565,8 @@ mean = std = 0.5 per channel. The bundled `ViTImageProcessor` config (`preproces
 `python trainer_scripts/train_base_model.py` (seed {r["training"]["seed"]}) re-creates the data and this model with
 `transformers.Trainer` on CPU: {r["training"]["epochs"]} epochs, batch size {r["training"]["batch_size"]}, AdamW
 (lr {r["training"]["learning_rate"]}, weight decay {r["training"]["weight_decay"]}), cosine schedule, random
-translations of up to a few pixels (no flips). Training took {r["train_seconds"]:.0f} s on {r["environment"]["cpu_threads"]} CPU threads.
+translations of up to a few pixels (no flips). Training took {r["train_seconds"]:.0f} s on \
+{r["environment"]["cpu_threads"]} CPU threads.
 
 ## Results (bundled 1,000-image test split)
 
@@ -586,8 +591,10 @@ def TEXTURES_MODEL_README(r: dict) -> str:  # noqa: N802
     fg = r["fgsm_test_accuracy"]
     return f"""# vit-tiny-textures
 
-A small `ViTForImageClassification` (RGB, {c["image_size"]}x{c["image_size"]} input, {c["patch_size"]}x{c["patch_size"]} patches,
-hidden size {c["hidden_size"]}, {c["num_hidden_layers"]} layers, {c["num_attention_heads"]} heads, MLP {c["intermediate_size"]},
+A small `ViTForImageClassification` (RGB, {c["image_size"]}x{c["image_size"]} input, \
+{c["patch_size"]}x{c["patch_size"]} patches,
+hidden size {c["hidden_size"]}, {c["num_hidden_layers"]} layers, {c["num_attention_heads"]} heads, \
+MLP {c["intermediate_size"]},
 {r["n_params"]:,} parameters) trained from scratch on 4,000 32x32 colour photo and texture patches in 10 classes
 (astronaut, cat, coffee, rocket, hubble, tissue, retina, brick, grass, gravel), cut from the sample images that ship
 inside the `scikit-image` wheel. The data is not bundled (about 10 MB): `python trainer_scripts/train_base_model.py
@@ -596,7 +603,8 @@ domain and CC0).
 
 Like `vit-tiny-mnist`, it is a **stand-in for a pretrained ImageNet ViT**, of a second domain (colour, texture),
 for checking the method beyond one model. It is not meant for real use. Its patch projection maps
-c*r*r = {ns["input_dim_c_r_r"]} pixel values to {ns["hidden_size"]} (rank {ns["rank"]}, exact nullspace dimension {ns["nullspace_dim"]}).
+c*r*r = {ns["input_dim_c_r_r"]} pixel values to {ns["hidden_size"]} (rank {ns["rank"]}, exact nullspace dimension \
+{ns["nullspace_dim"]}).
 
 ## Preprocessing
 
@@ -608,7 +616,8 @@ The 32x32 RGB patches are scaled to [0, 1] and normalised with mean = std = 0.5 
 `python trainer_scripts/train_base_model.py --dataset textures` (seed {r["training"]["seed"]}) with
 `transformers.Trainer` on CPU: {r["training"]["epochs"]} epochs, batch size {r["training"]["batch_size"]}, AdamW
 (lr {r["training"]["learning_rate"]}, weight decay {r["training"]["weight_decay"]}), cosine schedule, random
-translations of up to a few pixels and horizontal flips. Training took {r["train_seconds"]:.0f} s on {r["environment"]["cpu_threads"]} CPU threads.
+translations of up to a few pixels and horizontal flips. Training took {r["train_seconds"]:.0f} s on \
+{r["environment"]["cpu_threads"]} CPU threads.
 
 ## Results (1,000 test patches, from image regions not used for training)
 
