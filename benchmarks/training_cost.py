@@ -74,6 +74,8 @@ DEFAULT_VARIANTS = ("bare_clean", "plain_trainer", "none", "random", "nullspace"
 
 SHAPES = {
     "bundled": dict(batch_size=32, steps=80, repeats=5, samples=1024, warmup=2),
+    # the second bundled ViT (colour photo and texture patches, same architecture), its data built on first use
+    "textures": dict(batch_size=32, steps=80, repeats=5, samples=1024, warmup=2),
     # ViT-S/16 and ViT-B/16 (Dosovitskiy et al. / DeiT): hidden, layers, heads, MLP
     # no separate warm-up: the first step of a run (with the synthesis) is not in the per-step ratios anyway; the
     # noisy step is the same work in every mode, so the default variants are the plain and bare references, nullspace
@@ -89,7 +91,7 @@ SHAPES = {
         heads=6,
         mlp=1536,
         variants=("bare_clean", "plain_trainer", "nullspace", "authors_loop"),
-    ),  # fmt: skip
+    ),
     "vit-b16": dict(
         batch_size=8,
         steps=5,
@@ -101,7 +103,7 @@ SHAPES = {
         heads=12,
         mlp=3072,
         variants=("bare_clean", "plain_trainer", "nullspace", "authors_loop"),
-    ),  # fmt: skip
+    ),
     # a smoke test of the same path (benchmarks/gpu.sh --tiny)
     "tiny": dict(batch_size=8, steps=4, repeats=1, samples=32, warmup=2, hidden=64, layers=2, heads=2, mlp=128),
 }
@@ -110,31 +112,56 @@ SHAPES = {
 # ---- model and data -------------------------------------------------------------------------------------------------
 
 
-def build(shape: str, samples: int, seed: int = 0):
+# bundled shape -> (model folder under hf_nullspace/assets, training data folder; None: built on first use)
+BUNDLED = {
+    "bundled": ("vit-tiny-mnist", os.path.join(ROOT, "hf_nullspace", "assets", "mnist")),
+    "textures": ("vit-tiny-textures", None),
+}
+
+
+def _textures_data(workdir: str) -> str:
+    """The texture patches' folder, built (deterministically, from scikit-image) by train_base_model.py."""
+    folder = os.path.join(workdir, "textures-data")
+    if not os.path.isfile(os.path.join(folder, "train.parquet")):
+        script = os.path.join(ROOT, "trainer_scripts", "train_base_model.py")
+        command = [sys.executable, script, "--dataset", "textures", "--data-only", "--data-dir", folder]
+        subprocess.run(command, check=True, capture_output=True)
+    return folder
+
+
+def build(shape: str, samples: int, seed: int = 0, workdir: str = "/tmp/hf_nullspace_training_cost"):
     """(model, dataset of {"pixel_values", "labels"} rows) for a shape."""
     import torch
     from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    if shape == "bundled":
+    if shape in BUNDLED:
         from hf_nullspace.data import SkipCounter, collate_fn, load_image_dataset, prepare_dataset
         from hf_nullspace.data.transforms import EvalTransform
 
+        model_dir, data_dir = BUNDLED[shape]
         model = AutoModelForImageClassification.from_pretrained(
-            os.path.join(ROOT, "hf_nullspace", "assets", "vit-tiny-mnist")
+            os.path.join(ROOT, "hf_nullspace", "assets", model_dir)
         )
-        dataset = load_image_dataset(os.path.join(ROOT, "hf_nullspace", "assets", "mnist"), split="train")
-        dataset = prepare_dataset(dataset.select(range(samples)), EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3),
-                                  "image", "label", 10, SkipCounter())  # fmt: skip
+        dataset = load_image_dataset(data_dir or _textures_data(workdir), split="train")
+        transform = EvalTransform(32, 1.0, [0.5] * 3, [0.5] * 3)  # both bundled processors: 32 px, mean = std = 0.5
+        dataset = prepare_dataset(
+            dataset.select(range(samples)), transform, "image", "label", model.config.num_labels, SkipCounter()
+        )
         batch = collate_fn(dataset.__getitems__(list(range(samples))))
         pixel_values, labels = batch["pixel_values"], batch["labels"]
     else:
         spec = SHAPES[shape]
         config = ViTConfig(
-            image_size=224, patch_size=16, num_channels=3, hidden_size=spec["hidden"],
-            num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], intermediate_size=spec["mlp"],
+            image_size=224,
+            patch_size=16,
+            num_channels=3,
+            hidden_size=spec["hidden"],
+            num_hidden_layers=spec["layers"],
+            num_attention_heads=spec["heads"],
+            intermediate_size=spec["mlp"],
             num_labels=1000,
-        )  # fmt: skip
+        )
         model = ViTForImageClassification(config)
         generator = torch.Generator().manual_seed(seed)
         pixel_values = torch.randn(samples, 3, 224, 224, generator=generator)
@@ -267,9 +294,16 @@ def training_arguments(workdir, steps, batch_size):
     """Library defaults; only what a benchmark must set (no saving, no progress bar, the step count, the device)."""
     from transformers import TrainingArguments
 
-    training = TrainingArguments(output_dir=workdir, max_steps=steps, per_device_train_batch_size=batch_size,
-                                 use_cpu=_use_cpu(), report_to="none", save_strategy="no", disable_tqdm=True,
-                                 bf16=_bf16())  # fmt: skip
+    training = TrainingArguments(
+        output_dir=workdir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        use_cpu=_use_cpu(),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        bf16=_bf16(),
+    )
     _ = training.device  # sets up (and resets) accelerate's shared state: here, before any run starts, not during one
     return training
 
@@ -317,8 +351,12 @@ def run_bare(model, data, overrides, batch_size, steps, clock, defaults):
     model.to(device).train()
     args = nullspace_arguments(overrides, batch_size)
     set_seed(defaults.seed)  # as Trainer.train does
-    optimizer = torch.optim.AdamW(model.parameters(), lr=defaults.learning_rate, weight_decay=defaults.weight_decay,
-                                  fused=defaults.optim == "adamw_torch_fused")  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=defaults.learning_rate,
+        weight_decay=defaults.weight_decay,
+        fused=defaults.optim == "adamw_torch_fused",
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / steps))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=False)
     noisy = args.nullspace_mode != "none"
@@ -437,6 +475,50 @@ def run_interleaved(variants, base_model, data, batch_size, steps, workdir) -> d
     return results
 
 
+def run_whole(variants, base_model, data, batch_size, steps, workdir, repeats) -> dict:
+    """`train()` timed whole, as a user calls it: in each repeat every variant once, one after the other (the order
+    rotated per repeat), each a fresh model copy and trainer built outside the timing. Each record also holds the sum
+    of its steps, so what `train()` adds around them (its set-up; for the noise modes the noise bank's export and
+    figure at the end) is known."""
+    runs = {v: [] for v in variants}
+    for repeat in range(repeats):
+        order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+        for variant in order:
+            run = prepare_variant(variant, base_model, data, batch_size, steps, workdir)
+            start = time.perf_counter()
+            record = run()
+            seconds = time.perf_counter() - start
+            runs[variant].append({"seconds": seconds, "steps_seconds": record["seconds"]})
+            print(
+                f"train() whole, repeat {repeat + 1}/{repeats} {variant}: {seconds:.2f} s "
+                f"(its steps {record['seconds']:.2f} s)",
+                flush=True,
+            )
+    return runs
+
+
+def summarise_whole(whole: dict, summary: dict) -> dict:
+    """Per variant, medians over repeats: `train()`'s seconds, their ratio to the plain Trainer's in the same repeat,
+    the same for the sum of its steps, what `train()` adds around the steps, and the step-interleaved ratio."""
+    reference = whole.get("plain_trainer")
+    result = {}
+    for variant, records in whole.items():
+        row = {
+            "train_seconds": statistics.median(r["seconds"] for r in records),
+            "around_steps_seconds": statistics.median(r["seconds"] - r["steps_seconds"] for r in records),
+            "ratio_to_plain_trainer_step_interleaved": summary[variant].get("ratio_to_plain_trainer"),
+        }
+        if reference:
+            pairs = list(zip(records, reference))
+            row["ratio_to_plain_trainer"] = statistics.median(r["seconds"] / q["seconds"] for r, q in pairs)
+            row["ratio_to_plain_trainer_steps_only"] = statistics.median(
+                r["steps_seconds"] / q["steps_seconds"] for r, q in pairs
+            )
+            row["ratio_per_repeat"] = [r["seconds"] / q["seconds"] for r, q in pairs]
+        result[variant] = row
+    return result
+
+
 # no-grad forward passes of the automatic start's scale calibration on a trained model (5-7 on the bundled ViT); a
 # randomly initialised model can be insensitive to the noise at any scale and take the calibration's maximum (40+)
 CALIBRATION_FORWARDS = 6
@@ -493,8 +575,9 @@ def synthesis_profile(
         for _ in range(repeats):  # the median of `repeats` estimates: a synthesis is long, and catches load alone
             in_steps = {}
             for count in forced:
-                args = NullspaceArguments(noise_epsilon=1e-12, noise_max_updates=count, noise_init_limit=3.0,
-                                          noise_fallback=False)  # fmt: skip
+                args = NullspaceArguments(
+                    noise_epsilon=1e-12, noise_max_updates=count, noise_init_limit=3.0, noise_fallback=False
+                )
 
                 def synthesis(rows=rows, args=args, count=count):
                     with autocast:
@@ -506,8 +589,12 @@ def synthesis_profile(
             estimates.append((in_steps[forced[1]] - in_steps[forced[0]]) / (forced[1] - forced[0]))
         reference = timed(clean_step)
         per_update = statistics.median(estimates)  # in clean steps
-        row = {"rows": rows, "update_x_bare_clean_step": per_update, "estimates": estimates,
-               "no_grad_forward_x_bare_clean_step": timed(lambda rows=rows: forward(rows)) / reference}  # fmt: skip
+        row = {
+            "rows": rows,
+            "update_x_bare_clean_step": per_update,
+            "estimates": estimates,
+            "no_grad_forward_x_bare_clean_step": timed(lambda rows=rows: forward(rows)) / reference,
+        }
         measured = summary.get(variant)
         if step_ratio and plain_step:
             # in units of the plain Trainer's step: the bare clean step is its bare_clean ratio of it
@@ -550,7 +637,7 @@ def synthesis_profile(
 def memory_worker(args) -> dict:
     import torch
 
-    model, data = build(args.shape, args.samples)
+    model, data = build(args.shape, args.samples, workdir=args.workdir)
     model.to("cpu" if _use_cpu() else "cuda")
     # the peak of the run itself, not of loading the data: Linux resets the high-water mark on request
     try:
@@ -624,8 +711,11 @@ def summarise(runs: dict, steps: int, refresh: int, full_schedule: bool, batch_s
             # long steps, few of them: step k of this variant against step k of the plain Trainer, run next to it
             # (the first step, with the synthesis, left out), median over steps and repeats; the synthesis added
             # once per refresh period of the plain Trainer's median step
-            pairs = [r["per_step"][k] / q["per_step"][k] for r, q in zip(records, reference)
-                     for k in range(1, min(len(r["per_step"]), len(q["per_step"])))]  # fmt: skip
+            pairs = [
+                r["per_step"][k] / q["per_step"][k]
+                for r, q in zip(records, reference)
+                for k in range(1, min(len(r["per_step"]), len(q["per_step"])))
+            ]
             plain_step = statistics.median(x for q in reference for x in q["per_step"][1:])
             step_ratio = statistics.median(pairs)
             period = refresh * step_ratio * plain_step + row["synthesis_seconds_per_refresh"]
@@ -668,16 +758,34 @@ def main():
     parser.add_argument("--repeats", type=int, help="interleaved repeats (shape default)")
     parser.add_argument("--batch-size", type=int, help="per-device batch size (shape default)")
     parser.add_argument("--samples", type=int, help="training rows (shape default)")
-    parser.add_argument("--noise-init-limit", type=float,
-                        help="a fixed start U(-limit, limit) for every variant with noise (default: the library's)")  # fmt: skip
+    parser.add_argument(
+        "--noise-init-limit",
+        type=float,
+        help="a fixed start U(-limit, limit) for every variant with noise (default: the library's)",
+    )
     parser.add_argument("--warmup", type=int, help="untimed steps of every variant first (shape default)")
-    parser.add_argument("--synthesis-profile", action=argparse.BooleanOptionalAction, default=None,
-                        help="time synthesis updates apart (default: for shapes timed in part, not bundled)")  # fmt: skip
+    parser.add_argument(
+        "--synthesis-profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time synthesis updates apart (default: for shapes timed in part, not bundled)",
+    )
     parser.add_argument("--profile-updates", default="1,6", help="the two forced update counts of the profile")
     parser.add_argument("--profile-repeats", type=int, default=3, help="estimates of the profile (median)")
     parser.add_argument("--reuse-runs", help="a result JSON whose timed runs and memory to reuse (same settings)")
-    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                        help="peak memory of each variant in its own process")  # fmt: skip
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="peak memory of each variant in its own process",
+    )
+    parser.add_argument(
+        "--whole-train",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time train() whole per variant, as a user calls it (default: for the bundled "
+        "shapes, where all steps are timed)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, the core count)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (cuda)")
@@ -711,12 +819,18 @@ def main():
         parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     refresh = NullspaceArguments().noise_refresh_steps
     full_schedule = args.steps % refresh == 0
-    base_model, data = build(args.shape, args.samples)
+    base_model, data = build(args.shape, args.samples, workdir=args.workdir)
     device = "cpu" if _use_cpu() else "cuda"
     base_model.to(device)
-    print(f"shape {args.shape}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, refresh "
-          f"{refresh}, torch threads {torch.get_num_threads()}, device {device}", flush=True)  # fmt: skip
+    print(
+        f"shape {args.shape}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, refresh "
+        f"{refresh}, torch threads {torch.get_num_threads()}, device {device}",
+        flush=True,
+    )
 
+    # the 1-minute load average (runnable processes) before and after the timings: above the thread count, other
+    # jobs shared the cores and ratios at more than one thread are unreliable
+    load_average = {"start": os.getloadavg()}
     reused = None
     if args.reuse_runs:  # the timed runs (and memory) of an earlier result, same settings: redo the rest only
         with open(args.reuse_runs) as f:
@@ -734,11 +848,18 @@ def main():
         for variant in variants:
             record = records[variant]
             runs[variant].append(record)
-            print(f"repeat {repeat + 1}/{args.repeats} {variant}: {record['seconds']:.2f} s for {args.steps} steps, "
-                  f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}", flush=True)  # fmt: skip
+            print(
+                f"repeat {repeat + 1}/{args.repeats} {variant}: {record['seconds']:.2f} s for {args.steps} steps, "
+                f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}",
+                flush=True,
+            )
     if reused:
         args.repeats, args.warmup = reused["settings"]["repeats"], reused["settings"].get("warmup", 0)
     summary = summarise(runs, args.steps, refresh, full_schedule, args.batch_size)
+    if (args.whole_train if args.whole_train is not None else full_schedule) and args.repeats:
+        whole = run_whole(variants, base_model, data, args.batch_size, args.steps, args.workdir, args.repeats)
+        summary["_whole_train"] = summarise_whole(whole, summary)
+    load_average["end"] = os.getloadavg()
     if args.synthesis_profile if args.synthesis_profile is not None else not full_schedule:
         forced = tuple(int(n) for n in args.profile_updates.split(","))
         summary["_synthesis"] = synthesis_profile(
@@ -750,6 +871,7 @@ def main():
         "device": f"{device}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),
         "torch_threads": torch.get_num_threads(),
+        "load_average": load_average,
         "settings": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "output", "workdir")}
         | {"variants": variants, "refresh": refresh, "full_schedule_timed": full_schedule},
         "nullspace_arguments": NullspaceArguments().to_dict(),
@@ -776,13 +898,27 @@ def main():
                 summary[variant]["memory"] = reused["summary"][variant]["memory"]
         save()
     elif args.memory:
-        forwarded = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--samples", str(args.samples),
-                     "--device", args.device, "--workdir", args.workdir] + (["--bf16"] if args.bf16 else [])  # fmt: skip
+        forwarded = [
+            "--shape",
+            args.shape,
+            "--batch-size",
+            str(args.batch_size),
+            "--samples",
+            str(args.samples),
+            "--device",
+            args.device,
+            "--workdir",
+            args.workdir,
+        ] + (["--bf16"] if args.bf16 else [])
         forwarded += ["--threads", str(args.threads)] if args.threads else []
         forwarded += ["--noise-init-limit", str(args.noise_init_limit)] if args.noise_init_limit is not None else []
         for variant in variants:
-            out = subprocess.run([sys.executable, __file__, "--memory-worker", variant, *forwarded],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-worker", variant, *forwarded],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             memory[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         key = "cuda" if device == "cuda" else "rss"
         reference = memory.get("plain_trainer")
@@ -797,23 +933,44 @@ def main():
 
         save()
     print(f"\nper step over a refresh period of {refresh} steps (medians of {args.repeats} interleaved repeats):")
-    print("| variant | s/step | x plain Trainer | x plain, steps without synthesis | synthesis share | updates/refresh "
-          "| s/update | peak memory x plain |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        "| variant | s/step | x plain Trainer | x plain, steps without synthesis | synthesis share | updates/refresh "
+        "| s/update | peak memory x plain |\n|---|---|---|---|---|---|---|---|"
+    )
     for variant, row in summary.items():
         if variant.startswith("_"):
             continue
         mem = row.get("memory", {}).get("peak_ratio_to_plain_trainer")
-        print(f"| {variant} | {row['seconds_per_step']:.4f} | {row['ratio_to_plain_trainer'] or float('nan'):.2f} | "
-              f"{row['ratio_to_plain_trainer_without_synthesis'] or float('nan'):.2f} | "
-              f"{100 * row['synthesis_share']:.1f}% | {row['updates_per_refresh_median']} | "
-              f"{row['seconds_per_update'] or float('nan'):.3f} | {mem if mem is None else f'{mem:.2f}'} |")  # fmt: skip
+        print(
+            f"| {variant} | {row['seconds_per_step']:.4f} | {row['ratio_to_plain_trainer'] or float('nan'):.2f} | "
+            f"{row['ratio_to_plain_trainer_without_synthesis'] or float('nan'):.2f} | "
+            f"{100 * row['synthesis_share']:.1f}% | {row['updates_per_refresh_median']} | "
+            f"{row['seconds_per_update'] or float('nan'):.3f} | {mem if mem is None else f'{mem:.2f}'} |"
+        )
     if "_overheads" in summary:
         overheads = summary["_overheads"]
-        print(f"\nper step, x plain Trainer: the Trainer's own overhead (plain Trainer - bare loop) "
-              f"{overheads['plain_trainer_minus_bare_loop_x_plain']:+.3f}; nullspace - authors' loop "
-              f"{overheads['nullspace_minus_authors_loop_x_plain']:+.3f} (steps without synthesis: "
-              f"{overheads['without_synthesis']['plain_trainer_minus_bare_loop_x_plain']:+.3f} and "
-              f"{overheads['without_synthesis']['nullspace_minus_authors_loop_x_plain']:+.3f})")  # fmt: skip
+        print(
+            f"\nper step, x plain Trainer: the Trainer's own overhead (plain Trainer - bare loop) "
+            f"{overheads['plain_trainer_minus_bare_loop_x_plain']:+.3f}; nullspace - authors' loop "
+            f"{overheads['nullspace_minus_authors_loop_x_plain']:+.3f} (steps without synthesis: "
+            f"{overheads['without_synthesis']['plain_trainer_minus_bare_loop_x_plain']:+.3f} and "
+            f"{overheads['without_synthesis']['nullspace_minus_authors_loop_x_plain']:+.3f})"
+        )
+    if "_whole_train" in summary:
+        print(
+            f"\ntrain() timed whole, as a user calls it (medians of {args.repeats} repeats), next to the step-"
+            "interleaved ratio above:\n| variant | train() s | x plain Trainer, train() whole "
+            "| x plain, its steps only | x plain, step-interleaved | train() around its steps, s |\n"
+            "|---|---|---|---|---|---|"
+        )
+        for variant, row in summary["_whole_train"].items():
+            print(
+                f"| {variant} | {row['train_seconds']:.2f} | {row.get('ratio_to_plain_trainer', float('nan')):.2f} | "
+                f"{row.get('ratio_to_plain_trainer_steps_only', float('nan')):.2f} | "
+                f"{row['ratio_to_plain_trainer_step_interleaved'] or float('nan'):.2f} | "
+                f"{row['around_steps_seconds']:.2f} |"
+            )
+    print(f"\nload average (1 min) at start and end: {load_average['start'][0]:.2f}, {load_average['end'][0]:.2f}")
     print(f"\nWritten to {output}")
 
 
