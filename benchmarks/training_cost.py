@@ -4,30 +4,38 @@ adds) and the authors' loop (a bare PyTorch loop doing the method's work: a synt
 noisy copies in one doubled batch), on the same model, data and batch size, with library defaults.
 
 How it measures, and why (an earlier version, one process per variant timing `trainer.train()`, disagreed with
-in-process timings by up to 0.4x the plain Trainer's step):
+in-process timings by up to 0.4x the plain Trainer's step; a later one, every variant in a thread of one process,
+slowed every step by about half at 2 torch threads, each thread with a thread pool of its own):
 
-- One process. Every variant is built first (model copy, `TrainingArguments`, trainer), then all run together, one
-  thread each, stepping in turn: step k of every variant runs at nearly the same moment (A1 B1 C1 A2 B2 C2 ...), so
-  load from anything else on the machine hits all variants alike. Each run keeps its own random state across turns.
-  Before the timed repeats every variant runs 2 untimed steps with a synthesis (kernel and allocator set-up for the
-  clean and the doubled batch): a per-process timing of a 1-2 s run had those one-off costs inside it.
+- One process per variant, as a user's run is. Each builds the model and data once, then for the warm-up and every
+  repeat a fresh model copy and trainer; the runs step in turn (a ring of semaphores): step k of every variant runs
+  at nearly the same moment (A1 B1 C1 A2 B2 C2 ...), so load from anything else on the machine hits all variants
+  alike, and the processes not stepping sleep. Before the timed repeats every variant runs 2 untimed steps with a
+  synthesis (kernel and allocator set-up for the clean and the doubled batch): a per-process timing of a 1-2 s run
+  had those one-off costs inside it.
 - A step is timed from the end of the previous one to its own end (loading the next batch is in; `train()`'s set-up
   is not). The cost of a refresh period is the sum of its steps, synthesis included; ratios to the plain Trainer are
   taken within a repeat, then the median over repeats.
 - Library defaults everywhere (`TrainingArguments` and `NullspaceArguments()`); a variant changes only the mode or
   the option it names.
-- Threads: `--threads` (default: torch's, the core count). On a machine shared with other jobs, more than one torch
-  thread per process makes every timing erratic (OpenMP threads waiting on preempted siblings: 10x and more on a
-  2-core machine with 3 busy processes); there, `--threads 1` gives stable ratios.
+- Threads: `--threads` (default: torch's, the core count: what a user gets). On a machine shared with other jobs,
+  more than one torch thread per process makes every timing erratic (OpenMP threads waiting on preempted siblings:
+  10x and more on a 2-core machine with 3 busy processes); there, `--threads 1` gives stable ratios. The load average
+  before and after is saved with the result.
+- `train()` whole (`--whole-train`, default for the bundled shapes): each variant's `trainer.train()` timed as a user
+  calls it, one after the other in this process, set-up and the noise bank's export included, as a cross-check of
+  the step-interleaved ratios.
 - Peak memory (`--memory`): each variant once more in its own process, 2 steps with a synthesis; peak RSS (CPU) or
   peak allocated CUDA memory, and its ratio to the plain Trainer's.
 
 Shapes: `bundled` (the bundled ViT and MNIST digits, 32 px, batch 32, 80 steps = two refresh periods of 40, all
-timed), `vit-s16` and `vit-b16` (random init, 224 px, patch 16, batch 8, 1000 classes, random images; a few steps per
-run, the first with the synthesis: the cost of a 40-step refresh period is composed as 40 x the median step without
-synthesis + the synthesis), and `tiny` (a smoke test of the same path).
+timed), `textures` (the second bundled ViT and its colour photo and texture patches, built on first use, the same
+settings), `vit-s16` and `vit-b16` (random init, 224 px, patch 16, batch 8, 1000 classes, random images; a few steps
+per run, the first with the synthesis: the cost of a 40-step refresh period is composed as 40 x the median step
+without synthesis + the synthesis), and `tiny` (a smoke test of the same path).
 
-    python benchmarks/training_cost.py --threads 1                 # bundled model, about 10 minutes on 2 cores
+    python benchmarks/training_cost.py                             # bundled model, about 10 minutes on 2 cores
+    python benchmarks/training_cost.py --shape textures --threads 1  # the second bundled ViT, one torch thread
     python benchmarks/training_cost.py --threads 1 --shape vit-b16  # ViT-B/16 shape on CPU
     python benchmarks/training_cost.py --shape vit-s16 --variants plain_trainer,nullspace,nullspace_sub_batch
     bash benchmarks/gpu.sh                                         # ViT-B/16, bf16, on one GPU
@@ -35,6 +43,7 @@ synthesis + the synthesis), and `tiny` (a smoke test of the same path).
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -42,7 +51,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import types
 
@@ -198,57 +206,31 @@ def nullspace_arguments(overrides: dict, batch_size: int):
 
 
 class Baton:
-    """Step-level interleaving of several runs, one thread each: only the holder runs; each passes the baton on after
-    every optimiser step, so step k of every variant runs at nearly the same moment (A1 B1 C1 A2 B2 C2 ...). Each
-    run keeps its own random state (torch, CUDA, numpy, random) across turns, so it draws what it would draw alone."""
+    """Step-level interleaving of several runs, one process each: only the holder runs; each passes the baton on after
+    every optimiser step, so step k of every variant runs at nearly the same moment (A1 B1 C1 A2 B2 C2 ...). One
+    semaphore per process: the others sleep in it, their threads (and thread pools) idle."""
 
-    def __init__(self, names):
-        self.order, self.done = list(names), set()
-        self.turn = 0
-        self.condition = threading.Condition()
-        self.rng = {}
+    def __init__(self, context, count):
+        self.turns = [context.Semaphore(0) for _ in range(count)]
+        self.done = context.Array("b", count)
+        self.index = None  # this process's place in the ring, set in the worker
 
-    def wait(self, name):
-        with self.condition:
-            self.condition.wait_for(lambda: self.order[self.turn] == name)
-        if name in self.rng:
-            _set_rng_state(self.rng.pop(name))
+    def start(self):
+        self.done[:] = [0] * len(self.turns)
+        self.turns[0].release()
 
-    def pass_on(self, name, finished=False):
-        if not finished:
-            self.rng[name] = _get_rng_state()
-        with self.condition:
-            if finished:
-                self.done.add(name)
-            if len(self.done) < len(self.order):
-                self.turn = (self.turn + 1) % len(self.order)
-                while self.order[self.turn] in self.done:
-                    self.turn = (self.turn + 1) % len(self.order)
-            self.condition.notify_all()
+    def wait(self, name=None):
+        self.turns[self.index].acquire()
 
-
-def _get_rng_state():
-    import random
-
-    import numpy as np
-    import torch
-
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
-
-
-def _set_rng_state(state):
-    import random
-
-    import numpy as np
-    import torch
-
-    cpu, cuda, numpy_state, python_state = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(numpy_state)
-    random.setstate(python_state)
+    def pass_on(self, name=None, finished=False):
+        count = len(self.turns)
+        if finished:
+            self.done[self.index] = 1
+        for step in range(1, count + 1):
+            following = (self.index + step) % count
+            if not self.done[following]:
+                self.turns[following].release()
+                return
 
 
 class StepClock:
@@ -447,32 +429,77 @@ def prepare_variant(variant, base_model, data, batch_size, steps, workdir, fresh
     return run
 
 
-def run_interleaved(variants, base_model, data, batch_size, steps, workdir) -> dict:
-    """Runs every variant in its own thread, stepping in turn (see `Baton`); returns variant -> record."""
-    import torch
+class Interleaved:
+    """One worker process per variant, kept for the warm-up and every repeat; each builds the model and data once and
+    a fresh model copy and trainer per run. Runs step in turn (see `Baton`), so step k of every variant runs at nearly
+    the same moment, each in a process of its own, as a user's run would be."""
 
-    baton, results, errors = Baton(variants), {}, []
-    threads_in_use = torch.get_num_threads()
-    runs = {v: prepare_variant(v, base_model, data, batch_size, steps, workdir, baton=baton) for v in variants}
+    def __init__(self, variants, setup: dict):
+        import multiprocessing
 
-    def work(variant):
-        torch.set_num_threads(threads_in_use)
-        baton.wait(variant)
-        try:
-            results[variant] = runs[variant]()
-        except BaseException as error:  # noqa: BLE001 - reported after the others finished
-            errors.append((variant, error))
-        finally:
-            baton.pass_on(variant, finished=True)
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited through fork
+        self.variants = list(variants)
+        self.baton = Baton(context, len(variants))
+        self.results = context.Queue()
+        self.commands = [context.Queue() for _ in variants]
+        self.workers = [
+            context.Process(target=_worker, args=(i, variant, setup, self.baton, command, self.results), daemon=True)
+            for i, (variant, command) in enumerate(zip(variants, self.commands))
+        ]
+        for worker in self.workers:
+            worker.start()
+        self._collect("built")
 
-    threads = [threading.Thread(target=work, args=(v,), name=v) for v in variants]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"variant {errors[0][0]} failed") from errors[0][1]
-    return results
+    def run(self, steps: int) -> dict:
+        """One run of every variant, `steps` optimiser steps each; returns variant -> record."""
+        for command in self.commands:
+            command.put(steps)
+        self._collect("ready")
+        self.baton.start()
+        return self._collect("record")
+
+    def close(self):
+        for command in self.commands:
+            command.put(None)
+        for worker in self.workers:
+            worker.join(timeout=30)
+
+    def _collect(self, kind: str) -> dict:
+        found = {}
+        while len(found) < len(self.variants):
+            variant, message, value = self.results.get()
+            if message == "error":
+                self.close()
+                raise RuntimeError(f"variant {variant} failed:\n{value}")
+            assert message == kind, (message, kind)
+            found[variant] = value
+        return found
+
+
+def _worker(index, variant, setup, baton, commands, results):
+    import traceback
+
+    _DEVICE.update(setup["device"])
+    NOISE_OVERRIDES.update(setup["noise_overrides"])
+    baton.index = index
+    try:
+        import torch
+
+        torch.set_num_threads(setup["threads"])
+        model, data = build(setup["shape"], setup["samples"], workdir=setup["workdir"])
+        model.to("cpu" if _use_cpu() else "cuda")
+        results.put((variant, "built", None))
+        while (steps := commands.get()) is not None:
+            run = prepare_variant(variant, model, data, setup["batch_size"], steps, setup["workdir"], baton=baton)
+            results.put((variant, "ready", None))
+            baton.wait()
+            try:
+                record = run()
+            finally:
+                baton.pass_on(finished=True)
+            results.put((variant, "record", record))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        results.put((variant, "error", traceback.format_exc()))
 
 
 def run_whole(variants, base_model, data, batch_size, steps, workdir, repeats) -> dict:
@@ -485,6 +512,7 @@ def run_whole(variants, base_model, data, batch_size, steps, workdir, repeats) -
         order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
         for variant in order:
             run = prepare_variant(variant, base_model, data, batch_size, steps, workdir)
+            gc.collect()  # the previous run's trainer (reference cycles) is freed here, not inside this run's timing
             start = time.perf_counter()
             record = run()
             seconds = time.perf_counter() - start
@@ -836,15 +864,27 @@ def main():
         with open(args.reuse_runs) as f:
             reused = json.load(f)
         args.warmup, args.repeats = 0, 0
+    interleaved = None
+    if args.repeats:
+        setup = dict(
+            shape=args.shape,
+            samples=args.samples,
+            workdir=args.workdir,
+            batch_size=args.batch_size,
+            threads=torch.get_num_threads(),
+            device=dict(_DEVICE),
+            noise_overrides=dict(NOISE_OVERRIDES),
+        )
+        interleaved = Interleaved(variants, setup)
     if args.warmup:  # every variant once, short, with a synthesis (untimed)
         start = time.perf_counter()
-        run_interleaved(variants, base_model, data, args.batch_size, args.warmup, args.workdir)
+        interleaved.run(args.warmup)
         print(f"warm-up: {time.perf_counter() - start:.1f} s", flush=True)
 
     runs = {v: list(reused["runs"][v]) for v in variants} if reused else {v: [] for v in variants}
     for repeat in range(args.repeats):
         # interleaved step by step: step k of every variant runs at nearly the same moment
-        records = run_interleaved(variants, base_model, data, args.batch_size, args.steps, args.workdir)
+        records = interleaved.run(args.steps)
         for variant in variants:
             record = records[variant]
             runs[variant].append(record)
@@ -853,6 +893,8 @@ def main():
                 f"synthesis {sum(record['synthesis']):.2f} s, updates {record['updates']}",
                 flush=True,
             )
+    if interleaved is not None:
+        interleaved.close()
     if reused:
         args.repeats, args.warmup = reused["settings"]["repeats"], reused["settings"].get("warmup", 0)
     summary = summarise(runs, args.steps, refresh, full_schedule, args.batch_size)
