@@ -47,6 +47,7 @@ import gc
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -432,19 +433,22 @@ def prepare_variant(variant, base_model, data, batch_size, steps, workdir, fresh
 class Interleaved:
     """One worker process per variant, kept for the warm-up and every repeat; each builds the model and data once and
     a fresh model copy and trainer per run. Runs step in turn (see `Baton`), so step k of every variant runs at nearly
-    the same moment, each in a process of its own, as a user's run would be."""
+    the same moment, each in a process of its own, as a user's run would be. Which process runs which variant rotates
+    from one run to the next: a process can be a few percent faster or slower than another for the whole of its life
+    (where its memory landed), and that must not stick to one variant."""
 
     def __init__(self, variants, setup: dict):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited through fork
         self.variants = list(variants)
+        self.runs = 0
         self.baton = Baton(context, len(variants))
         self.results = context.Queue()
         self.commands = [context.Queue() for _ in variants]
         self.workers = [
-            context.Process(target=_worker, args=(i, variant, setup, self.baton, command, self.results), daemon=True)
-            for i, (variant, command) in enumerate(zip(variants, self.commands))
+            context.Process(target=_worker, args=(i, setup, self.baton, command, self.results), daemon=True)
+            for i, command in enumerate(self.commands)
         ]
         for worker in self.workers:
             worker.start()
@@ -452,8 +456,10 @@ class Interleaved:
 
     def run(self, steps: int) -> dict:
         """One run of every variant, `steps` optimiser steps each; returns variant -> record."""
-        for command in self.commands:
-            command.put(steps)
+        count = len(self.variants)
+        for i, command in enumerate(self.commands):
+            command.put((self.variants[(i + self.runs) % count], steps))
+        self.runs += 1
         self._collect("ready")
         self.baton.start()
         return self._collect("record")
@@ -467,49 +473,52 @@ class Interleaved:
     def _collect(self, kind: str) -> dict:
         found = {}
         while len(found) < len(self.variants):
-            variant, message, value = self.results.get()
+            name, message, value = self.results.get()
             if message == "error":
                 self.close()
-                raise RuntimeError(f"variant {variant} failed:\n{value}")
+                raise RuntimeError(f"{name} failed:\n{value}")
             assert message == kind, (message, kind)
-            found[variant] = value
+            found[name] = value
         return found
 
 
-def _worker(index, variant, setup, baton, commands, results):
+def _worker(index, setup, baton, commands, results):
     import traceback
 
     _DEVICE.update(setup["device"])
     NOISE_OVERRIDES.update(setup["noise_overrides"])
     baton.index = index
+    name = f"worker {index}"
     try:
         import torch
 
         torch.set_num_threads(setup["threads"])
         model, data = build(setup["shape"], setup["samples"], workdir=setup["workdir"])
         model.to("cpu" if _use_cpu() else "cuda")
-        results.put((variant, "built", None))
-        while (steps := commands.get()) is not None:
-            run = prepare_variant(variant, model, data, setup["batch_size"], steps, setup["workdir"], baton=baton)
-            results.put((variant, "ready", None))
+        results.put((name, "built", None))
+        while (command := commands.get()) is not None:
+            name, steps = command
+            run = prepare_variant(name, model, data, setup["batch_size"], steps, setup["workdir"], baton=baton)
+            results.put((name, "ready", None))
             baton.wait()
             try:
                 record = run()
             finally:
                 baton.pass_on(finished=True)
-            results.put((variant, "record", record))
+            results.put((name, "record", record))
     except BaseException:  # noqa: BLE001 - reported to the parent
-        results.put((variant, "error", traceback.format_exc()))
+        results.put((name, "error", traceback.format_exc()))
 
 
 def run_whole(variants, base_model, data, batch_size, steps, workdir, repeats) -> dict:
-    """`train()` timed whole, as a user calls it: in each repeat every variant once, one after the other (the order
-    rotated per repeat), each a fresh model copy and trainer built outside the timing. Each record also holds the sum
+    """`train()` timed whole, as a user calls it: in each repeat every variant once, one after the other (in a fresh
+    random order), each a fresh model copy and trainer built outside the timing. Each record also holds the sum
     of its steps, so what `train()` adds around them (its set-up; for the noise modes the noise bank's export and
     figure at the end) is known."""
     runs = {v: [] for v in variants}
     for repeat in range(repeats):
-        order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+        order = list(variants)
+        random.Random(repeat).shuffle(order)  # no fixed neighbours: a run can be slowed by the one before it
         for variant in order:
             run = prepare_variant(variant, base_model, data, batch_size, steps, workdir)
             gc.collect()  # the previous run's trainer (reference cycles) is freed here, not inside this run's timing
