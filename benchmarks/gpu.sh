@@ -2,8 +2,9 @@
 # The ViT-B/16 training cost on one GPU, bf16 (autocast), in under 5 minutes: images/s and peak GPU memory of a plain
 # transformers.Trainer, NullspaceTrainer in modes none, random and nullspace (library defaults), and the authors' loop
 # (bare PyTorch, same work). Random init, 224 px, patch 16, batch 64, 1000 classes, random images; one refresh period
-# (40 steps, one synthesis) per run, 2 repeats stepped in turn, medians; the seconds of one synthesis update (forced
-# updates, batch and quarter batch); peak CUDA memory of each variant in its own process. A random-init model is
+# (40 steps, one synthesis) per run, 2 repeats stepped in turn (a process per variant), medians; the seconds of one
+# synthesis update (forced updates, batch and quarter batch); peak CUDA memory of each variant in its own process. A
+# random-init model is
 # insensitive to the noise, so its syntheses take 0 updates: read the synthesis cost from the profile.
 #
 #   bash benchmarks/gpu.sh                      # on a GPU machine: writes benchmarks/results/training_cost_gpu.json
@@ -44,5 +45,5 @@ fi
 start=$(date +%s)
 # 285 s in all: the timings are written first, the memory pass (one process per variant) adds to the file after
 timeout 285 "$python" benchmarks/training_cost.py "${shape[@]}" --device "$device" --bf16 --warmup 2 \
-    --synthesis-profile --variants plain_trainer,none,random,nullspace,authors_loop --output "$output"
+    --synthesis-profile --no-whole-train --variants plain_trainer,none,random,nullspace,authors_loop --output "$output"
 echo "gpu.sh: $(( $(date +%s) - start )) s; results in $output"
