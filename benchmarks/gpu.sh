@@ -4,8 +4,8 @@
 # (bare PyTorch, same work). Random init, 224 px, patch 16, batch 64, 1000 classes, random images; one refresh period
 # (40 steps, one synthesis) per run, 2 repeats stepped in turn (a process per variant), medians; the seconds of one
 # synthesis update (forced updates, batch and quarter batch); peak CUDA memory of each variant in its own process. A
-# random-init model is
-# insensitive to the noise, so its syntheses take 0 updates: read the synthesis cost from the profile.
+# random-init model is insensitive to the noise, so its syntheses take 0 updates: read the synthesis cost from the
+# profile.
 #
 #   bash benchmarks/gpu.sh                      # on a GPU machine: writes benchmarks/results/training_cost_gpu.json
 #   bash benchmarks/gpu.sh --device cpu --tiny  # smoke test of the same path on CPU (a 2-layer ViT, a few steps)
