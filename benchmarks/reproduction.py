@@ -47,6 +47,7 @@ DATASETS = {
 # name -> extra arguments of a variant of the nullspace mode (run at epsilon 0.03)
 VARIANTS = {
     "warm_start": {"noise_warm_start": True},
+    "sub_batch": {"noise_synthesis_batch_size": 8},  # synthesis on a quarter of the batch of 32, the rest held out
     "beta0.5": {"noisy_loss_weight": 0.5},
     "fixed_start3": {"noise_init_limit": 3.0},
     "factor4": {"noise_init_factor": 4.0},
