@@ -787,6 +787,76 @@ def summarise(runs: dict, steps: int, refresh: int, full_schedule: bool, batch_s
     return summary
 
 
+LABELS = {
+    "bare_clean": "bare loop, clean",
+    "plain_trainer": "plain Trainer",
+    "none": "NullspaceTrainer, none",
+    "random": "mode random",
+    "nullspace": "mode nullspace",
+    "authors_loop": "authors' loop",
+    "nullspace_separate": "nullspace, two forwards",
+    "nullspace_sub_batch": "nullspace, sub-batch synthesis",
+    "nullspace_warm_start": "nullspace, warm start",
+    "nullspace_authors_start": "nullspace, fixed start 3",
+    "nullspace_sub_batch_warm_start": "nullspace, sub-batch + warm start",
+}
+
+
+def plot(result: dict, path: str) -> None:
+    """A bar per variant: its cost per step x the plain Trainer's, the synthesis part hatched, and the ratio of
+    `train()` timed whole as a dot where measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result["summary"]
+    variants = [v for v in result["settings"]["variants"] if summary[v].get("ratio_to_plain_trainer") is not None]
+    ratios = [summary[v]["ratio_to_plain_trainer"] for v in variants]
+    synthesis = [r * summary[v]["synthesis_share"] for r, v in zip(ratios, variants)]
+    rows = range(len(variants))
+    figure, axis = plt.subplots(figsize=(9, 0.45 * len(variants) + 1.8))
+    axis.barh(rows, [r - s for r, s in zip(ratios, synthesis)], color="#4c72b0", label="training steps")
+    axis.barh(
+        rows,
+        synthesis,
+        left=[r - s for r, s in zip(ratios, synthesis)],
+        color="#dd8452",
+        hatch="//",
+        label="noise synthesis",
+    )
+    whole = summary.get("_whole_train", {})
+    dots = [
+        (i, whole[v]["ratio_to_plain_trainer"])
+        for i, v in enumerate(variants)
+        if "ratio_to_plain_trainer" in whole.get(v, {})
+    ]
+    if dots:
+        axis.plot([d[1] for d in dots], [d[0] for d in dots], "k o", markersize=4, label="train() timed whole")
+    dot_at = dict(dots)
+    for i, ratio in enumerate(ratios):
+        axis.text(max(ratio, dot_at.get(i, 0)) + 0.03, i, f"{ratio:.2f}x", va="center", fontsize=8)
+    axis.axvline(1.0, color="grey", linewidth=0.8)
+    axis.set_yticks(list(rows), [LABELS.get(v, v) for v in variants])
+    axis.invert_yaxis()
+    axis.set_xlabel("cost per step over a refresh period, x the plain Trainer's")
+    settings = result["settings"]
+    shape = {"bundled": "bundled MNIST ViT", "textures": "bundled textures ViT"}.get(
+        settings["shape"], settings["shape"]
+    )
+    threads = result["torch_threads"]
+    axis.set_title(
+        f"{shape}, batch {settings['batch_size']}, {threads} torch thread{'s' if threads > 1 else ''}, "
+        f"{result['device']}: medians of {settings['repeats']} interleaved repeats",
+        fontsize=9,
+    )
+    axis.set_xlim(0, max(ratios + [d[1] for d in dots]) * 1.18)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="bundled")
@@ -828,6 +898,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (cuda)")
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/training_cost[_SHAPE].json)")
     parser.add_argument("--workdir", default="/tmp/hf_nullspace_training_cost")
+    parser.add_argument("--plot", metavar="RESULT_JSON", help="only draw the figure of a saved result (PNG beside it)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     spec = SHAPES[args.shape]
@@ -842,6 +913,11 @@ def main():
 
         torch.set_num_threads(args.threads)
 
+    if args.plot:
+        with open(args.plot) as f:
+            plot(json.load(f), os.path.splitext(args.plot)[0] + ".png")
+        print(f"Written to {os.path.splitext(args.plot)[0]}.png")
+        return
     if args.memory_worker:
         print(json.dumps(memory_worker(args)))
         return
@@ -1022,7 +1098,8 @@ def main():
                 f"{row['around_steps_seconds']:.2f} |"
             )
     print(f"\nload average (1 min) at start and end: {load_average['start'][0]:.2f}, {load_average['end'][0]:.2f}")
-    print(f"\nWritten to {output}")
+    plot(result, os.path.splitext(output)[0] + ".png")
+    print(f"\nWritten to {output} and {os.path.splitext(output)[0]}.png")
 
 
 if __name__ == "__main__":
