@@ -38,6 +38,7 @@ without synthesis + the synthesis), and `tiny` (a smoke test of the same path).
     python benchmarks/training_cost.py --shape textures --threads 1  # the second bundled ViT, one torch thread
     python benchmarks/training_cost.py --threads 1 --shape vit-b16  # ViT-B/16 shape on CPU
     python benchmarks/training_cost.py --shape vit-s16 --variants plain_trainer,nullspace,nullspace_sub_batch
+    python benchmarks/training_cost.py --plot benchmarks/results/training_cost.json  # redraw a result's figure
     bash benchmarks/gpu.sh                                         # ViT-B/16, bf16, on one GPU
 """
 
