@@ -325,8 +325,8 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         # transformers 5.x writes checkpoints under its legacy parameter names (e.g. `attention.attention.key`) and
-        # Trainer reloads them without converting, silently skipping those weights (seen with 5.23 on ViT), from a
-        # single `model.safetensors` and from shards (`model.safetensors.index.json`) alike: reload through
+        # Trainer reloads them without converting, silently skipping those weights (seen with 5.23 and 5.24 on ViT),
+        # from a single `model.safetensors` and from shards (`model.safetensors.index.json`) alike: reload through
         # from_pretrained, which converts, so a resumed run really starts from the checkpoint. FSDP resumes from its
         # own state dict (`pytorch_model_fsdp*`, module names) into sharded parameters: left to it.
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
