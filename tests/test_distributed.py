@@ -59,6 +59,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def accelerate_launch(num_processes: int) -> list[str]:
+    """The `accelerate launch` command line for `num_processes` CPU processes on this machine, on a free port."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
 def job_args(data, model, out, *extra):
     return cli_args(
         data,
@@ -91,20 +111,7 @@ def job_args(data, model, out, *extra):
 def launch(data, model, out, *extra):
     """Runs the job on two ranks and returns their states, rank by rank, and the seconds it took."""
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(WORLD_SIZE),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+        *accelerate_launch(WORLD_SIZE),
         JOB,
         *job_args(data, model, out, *extra),
     ]

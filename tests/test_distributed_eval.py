@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import make_tiny_vit
-from test_distributed import free_port
+from test_distributed import accelerate_launch
 from test_finetune import save_model
 from test_suite import write_images
 
@@ -27,23 +27,7 @@ def run_evaluate(arguments, output_dir, processes=1):
     if processes == 1:
         command = [sys.executable, SCRIPT]
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            SCRIPT,
-        ]
+        command = [*accelerate_launch(processes), SCRIPT]
     completed = subprocess.run(
         [*command, *arguments, "--output-dir", output_dir],
         env=_env(),

@@ -15,13 +15,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 from imagenet_mirrors import IMAGENET_NAMES, paper_protocol
-from test_distributed import free_port
+from test_distributed import accelerate_launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,20 +55,7 @@ def test_paper_protocol_dress_rehearsal(tmp_path):
     out = tmp_path / "out"
     paths = [f"{name}={path}" for name, path in mirrors.items() if name != "imagenet"]
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+        *accelerate_launch(2),
         os.path.join(ROOT, "trainer_scripts", "run.py"),
         "--model_name_or_path",
         model,
