@@ -233,27 +233,12 @@ class AdversarialTraining:
         args = self.args
         classifier = PixelSpaceClassifier(model, self.mean, self.std).to(pixel_values.device)
         images = self.to_pixels(pixel_values.detach().float())
+        budget = (args.adversarial_epsilon, args.adversarial_step_size, args.adversarial_steps)
+        options = dict(random_start=args.adversarial_random_start, generator=generator)
         if self.mode == "madry":
-            adv = pgd(
-                classifier,
-                images,
-                labels,
-                args.adversarial_epsilon,
-                args.adversarial_step_size,
-                args.adversarial_steps,
-                random_start=args.adversarial_random_start,
-                generator=generator,
-            )
-        else:
-            adv = trades_attack(
-                classifier,
-                images,
-                args.adversarial_epsilon,
-                args.adversarial_step_size,
-                args.adversarial_steps,
-                random_start=args.adversarial_random_start,
-                generator=generator,
-            )
+            adv = pgd(classifier, images, labels, *budget, **options)
+        else:  # TRADES maximises the KL to the clean prediction: no labels
+            adv = trades_attack(classifier, images, *budget, **options)
         return self.from_pixels(adv).to(pixel_values.dtype)
 
     # ---- loss ---------------------------------------------------------------------------------------------------
