@@ -23,6 +23,8 @@ from .nullspace import patch_embedding_nullspace
 logger = logging.getLogger(__name__)
 
 SOURCE_NAME = "hf-nullspace robustness evaluation"
+# the model-index needs a URL with a source name: the method's paper, until the library has a public home
+SOURCE_URL = PAPER_URL
 # results that compare the model with another model of the same evaluation: meaningless on the model's own card
 COMPARATIVE_METRICS = ("relative_mce",)
 
@@ -35,13 +37,14 @@ def is_local_model(name_or_path: str) -> bool:
 def robustness_eval_results(results: list[dict]) -> list[EvalResult]:
     """
     The `model-index` entries of one model's rows of a [`RobustnessReport`] (`report.to_dict()["models"][i]
-    ["results"]`), as the model cards of this library write them, each marked with `source_name` =
-    `SOURCE_NAME`. Rows without a value and rows relative to another model (`relative_mce`) are left out.
+    ["results"]`), as the model cards of this library write them, each marked with `source_name` = `SOURCE_NAME`
+    and `source_url` = `SOURCE_URL`. Rows without a value and rows relative to another model (`relative_mce`) are
+    left out.
     """
     rows = [row for row in results if row["metric"] not in COMPARATIVE_METRICS]
     eval_results = _eval_results({"results": rows})
     for result in eval_results:
-        result.source_name = SOURCE_NAME
+        result.source_name, result.source_url = SOURCE_NAME, SOURCE_URL
     return eval_results
 
 
@@ -109,15 +112,15 @@ def describe_protocol(
     images = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}" if counts else "—"
     lines = [
         f"This pull request adds {len(new)} robustness results to the card's `model-index`, measured with "
-        f"[hf-nullspace]({PAPER_URL}) {__version__} (suite `{report['suite']}`) on commit `{revision}` of this "
-        "repo. Nothing else in the card changes: its text, its other metadata and the results it already lists "
-        "are kept.",
+        f"hf-nullspace {__version__} (suite `{report['suite']}`; the library of Approximate Nullspace Augmented "
+        f"Finetuning, [Liu et al.]({PAPER_URL})) on commit `{revision}` of this repo. Nothing else in the card "
+        "changes: its text, its other metadata and the results it already lists are kept.",
         "",
         "**Protocol.** Top-1 accuracy of the model as loaded by `AutoModelForImageClassification`, on images "
         f"prepared by the repo's own image processor ({images} images per evaluation). Attacks run in [0, 1] "
         "pixel space through the processor's normalisation, in eval mode, with the budgets given in each result's "
         "`args` (epsilon in pixel units); corruptions are applied to the clean images at the severities listed. "
-        f"Settings: {json.dumps(settings, sort_keys=True)}.",
+        f"Settings: {json.dumps({k: v for k, v in settings.items() if v not in (None, [], {})}, sort_keys=True)}.",
         "",
         "| result | dataset | value |",
         "|---|---|---|",

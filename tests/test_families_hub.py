@@ -307,8 +307,9 @@ def test_saved_run_loads_and_classifies(model_type, noisy_run):
     torch.testing.assert_close(logits(loaded, pixel_values), expected, rtol=0, atol=1e-5)
 
     image = Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8"))
-    predictions = pipeline("image-classification", model=str(output_dir), device="cpu")(image, top_k=NUM_LABELS)
-    processed = ViTImageProcessor.from_pretrained(output_dir)(image, return_tensors="pt")["pixel_values"]
+    classifier = pipeline("image-classification", model=str(output_dir), device="cpu")
+    predictions = classifier(image, top_k=NUM_LABELS)
+    processed = classifier.image_processor(image, return_tensors="pt")["pixel_values"]
     scores = logits(loaded, processed).softmax(-1)[0]
     assert predictions[0]["label"] == loaded.config.id2label[int(scores.argmax())]
     for prediction in predictions:

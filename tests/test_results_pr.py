@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
 from hf_nullspace.cli import main
-from hf_nullspace.results_pr import SOURCE_NAME, merge_eval_results, robustness_eval_results
+from hf_nullspace.results_pr import SOURCE_NAME, SOURCE_URL, merge_eval_results, robustness_eval_results
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_resultsprtokenAbCdEfGhIjKlMnOpQrStUvWxYz01"
@@ -259,6 +259,7 @@ def _result(value, source=SOURCE_NAME, epsilon=0.01):
         metric_value=value,
         metric_args={"epsilon": epsilon},
         source_name=source,
+        source_url=SOURCE_URL if source else None,
     )
 
 
