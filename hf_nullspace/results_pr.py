@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 
-from .card import CARD_FILE, PAPER_URL, _eval_results
+from .card import BUDGET_PARAMS, CARD_FILE, PAPER_URL, _eval_results, format_budget
 from .embedding import UnsupportedModelError, find_patch_embedding
 from .nullspace import patch_embedding_nullspace
 
@@ -110,25 +110,37 @@ def describe_protocol(
 
     counts = sorted({row["num_samples"] for row in model["results"] if row.get("num_samples")})
     images = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}" if counts else "—"
+    groups = {row.get("group") for row in model["results"]}
+    protocol = (
+        "Top-1 accuracy of the model as loaded by `AutoModelForImageClassification`, on images prepared by the "
+        f"repo's own image processor ({images} images per evaluation)."
+    )
+    if "attack" in groups:
+        protocol += (
+            " Attacks run in [0, 1] pixel space through the processor's normalisation, in eval mode, with the "
+            "budgets given with each result (epsilon in pixel units)."
+        )
+    if "corruption" in groups or "aggregate" in groups:
+        protocol += " Corruptions are applied to the clean images at the severities given with each result."
+    settings = {key: value for key, value in settings.items() if value not in (None, [], {})}
     lines = [
         f"This pull request adds {len(new)} robustness results to the card's `model-index`, measured with "
         f"hf-nullspace {__version__} (suite `{report['suite']}`; the library of Approximate Nullspace Augmented "
         f"Finetuning, [Liu et al.]({PAPER_URL})) on commit `{revision}` of this repo. Nothing else in the card "
         "changes: its text, its other metadata and the results it already lists are kept.",
         "",
-        "**Protocol.** Top-1 accuracy of the model as loaded by `AutoModelForImageClassification`, on images "
-        f"prepared by the repo's own image processor ({images} images per evaluation). Attacks run in [0, 1] "
-        "pixel space through the processor's normalisation, in eval mode, with the budgets given in each result's "
-        "`args` (epsilon in pixel units); corruptions are applied to the clean images at the severities listed. "
-        f"Settings: {json.dumps({k: v for k, v in settings.items() if v not in (None, [], {})}, sort_keys=True)}.",
+        f"**Protocol.** {protocol} Settings: {json.dumps(settings, sort_keys=True)}.",
         "",
-        "| result | dataset | value |",
-        "|---|---|---|",
+        "| result | settings | dataset | value |",
+        "|---|---|---|---|",
     ]
     for result in new:
         split = f" ({result.dataset_split})" if result.dataset_split else ""
-        args = f" {json.dumps(result.metric_args, sort_keys=True)}" if result.metric_args else ""
-        lines.append(f"| {result.metric_name}{args} | {result.dataset_name}{split} | {_value(result)} |")
+        args = ", ".join(
+            f"{key}={format_budget(value) if key in BUDGET_PARAMS and isinstance(value, float) else value}"
+            for key, value in (result.metric_args or {}).items()
+        )
+        lines.append(f"| {result.metric_name} | {args or '—'} | {result.dataset_name}{split} | {_value(result)} |")
     lines.append("")
     if nullspace is None:
         lines.append("No patch projection was found in this model, so no nullspace figures are given.")
