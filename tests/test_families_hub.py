@@ -356,6 +356,7 @@ def run_fresh(args: list[str], endpoint: str, hf_home: Path) -> str:
     return process.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_pushed_run_is_read_by_the_familys_own_loader(model_type, noisy_run, tmp_path):
     trainer, _, _, output_dir = noisy_run
     pixel_values = template_images(3, seed=6)[0]

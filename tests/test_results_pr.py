@@ -163,6 +163,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_evaluate_push_results_opens_a_pull_request_that_keeps_the_card(tmp_path):
     torch.manual_seed(0)
     vit, cnn = _save(_vit(), tmp_path / "vit"), _save(_resnet(), tmp_path / "cnn")
