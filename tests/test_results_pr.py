@@ -285,7 +285,7 @@ def test_results_relative_to_another_model_are_not_offered():
     assert [r.metric_type for r in robustness_eval_results(rows)] == ["accuracy"]
 
 
-def test_corruptions_and_attacks_score_a_cnn(tmp_path):
+def test_corruptions_score_a_cnn(tmp_path):
     from transformers import ViTImageProcessor
 
     from hf_nullspace.data import spec_from_source
