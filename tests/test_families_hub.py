@@ -22,7 +22,7 @@ import pytest
 import torch
 from hub_server import serve
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import TrainingArguments, ViTImageProcessor
 
 from hf_nullspace import (
@@ -317,25 +317,30 @@ def test_saved_run_loads_and_classifies(model_type, noisy_run):
         assert prediction["score"] == pytest.approx(score, abs=1e-5)
 
 
-LOAD_WITH_THE_FAMILY = """
+PUSH_AND_LOAD = """
 import json, sys
 import torch
 import transformers
+from huggingface_hub import HfApi, hf_hub_download
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-repo, class_name, inputs = sys.argv[1:4]
+from hf_nullspace.hub import push_run
+
+folder, repo, token, class_name, inputs = sys.argv[1:6]
+out = {"commit": push_run(folder, repo, token=token)}
+# read back from the Hub into an empty cache
 pixel_values = load_file(inputs)["pixel_values"]
-out = {}
 with torch.no_grad():
     model = getattr(transformers, class_name).from_pretrained(repo).eval()
     out["transformers"] = model(pixel_values=pixel_values).logits.tolist()
     if class_name == "TimmWrapperForImageClassification":
         import timm
 
-        native = timm.create_model("hf-hub:" + repo, pretrained=True).eval()
-        out["timm"] = native(pixel_values).tolist()
-        out["timm_keys"] = sorted(native.state_dict())[:3]
-out["files"] = sorted(__import__("huggingface_hub").HfApi().list_repo_files(repo))
+        out["timm"] = timm.create_model("hf-hub:" + repo, pretrained=True).eval()(pixel_values).tolist()
+with safe_open(hf_hub_download(repo, "model.safetensors"), "pt") as weights:
+    out["keys"] = sorted(weights.keys())
+out["files"] = sorted(HfApi().list_repo_files(repo))
 print(json.dumps(out))
 """
 
@@ -364,22 +369,17 @@ def test_pushed_run_is_read_by_the_familys_own_loader(model_type, noisy_run, tmp
     save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
     repo_id = f"robust-org/tiny-{model_type.replace('_', '-')}-nullspace"
     with serve(tmp_path / "hub", token=TOKEN) as (endpoint, _):
-        push = "from hf_nullspace.hub import push_run\n"
-        push += f"print(push_run({str(output_dir)!r}, {repo_id!r}, token={TOKEN!r}))"
-        assert run_fresh(["-c", push], endpoint, tmp_path / "home-push").startswith(f"{endpoint}/{repo_id}/commit/")
-        class_name = FAMILIES[model_type][0]
-        loader = textwrap.dedent(LOAD_WITH_THE_FAMILY)
-        line = run_fresh(["-c", loader, repo_id, class_name, str(tmp_path / "inputs.safetensors")], endpoint, tmp_path)
-    loaded = json.loads(line)
+        args = [str(output_dir), repo_id, TOKEN, FAMILIES[model_type][0], str(tmp_path / "inputs.safetensors")]
+        loaded = json.loads(run_fresh(["-c", textwrap.dedent(PUSH_AND_LOAD), *args], endpoint, tmp_path / "home"))
+    assert loaded["commit"].startswith(f"{endpoint}/{repo_id}/commit/")
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "noise_bank.safetensors"} <= set(
         loaded["files"]
     )
     torch.testing.assert_close(torch.tensor(loaded["transformers"]), expected, rtol=0, atol=1e-5)
     if model_type == "timm_wrapper":
-        # timm reads the pushed weights as its own (no `timm_model.` prefix), with the trained values
-        assert not any(key.startswith("timm_model.") for key in loaded["timm_keys"])
+        # the pushed weights are in timm's own format (no `timm_model.` prefix) and timm reads the trained values
+        assert loaded["keys"] and not any(key.startswith("timm_model.") for key in loaded["keys"])
         torch.testing.assert_close(torch.tensor(loaded["timm"]), expected, rtol=0, atol=1e-5)
-    assert load_file(output_dir / "model.safetensors")  # the run folder holds safetensors weights
 
 
 def test_unsupported_model_error_names_the_families_and_the_way_out(tmp_path):
