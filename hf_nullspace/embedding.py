@@ -35,8 +35,8 @@ PATCH_EMBEDDING_MODULES = {
 PROJECTION_HELP = (
     "Point the library at the projection by its dotted name (a Conv2d with kernel_size == stride and no padding): "
     "`NullspaceArguments(nullspace_patch_embedding_module=NAME)` (`--nullspace_patch_embedding_module NAME` in the "
-    "finetuning job), `module_name=NAME` in `find_patch_embedding`, `inject_noise`, `patch_embedding_nullspace` "
-    "and `synthesize_noise`'s arguments, or `hf-nullspace nullspace MODEL --module-name NAME`."
+    "finetuning job; synthesis and training read it there), `module_name=NAME` in `find_patch_embedding`, "
+    "`inject_noise` and `patch_embedding_nullspace`, or `hf-nullspace nullspace MODEL --module-name NAME`."
 )
 
 
