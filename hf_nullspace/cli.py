@@ -22,6 +22,15 @@ def _evaluate(args, rest):
     names = args.names.split(",") if args.names else [os.path.basename(m.rstrip("/")) or m for m in args.models]
     if len(names) != len(args.models):
         raise SystemExit(f"--names gives {len(names)} names for {len(args.models)} models.")
+    if args.push_results:
+        from .results_pr import is_local_model
+
+        local = [m for m in args.models if is_local_model(m)]
+        if local:
+            raise SystemExit(
+                f"--push-results opens a pull request on each model's Hub repo, but {local} are local folders. "
+                "Evaluate Hub ids (e.g. google/vit-base-patch16-224), or drop --push-results."
+            )
     paths = parse_pairs(args.path, "--path")
     caps = parse_pairs(args.cap, "--cap", as_int=True)
     suite = get_suite(
@@ -52,12 +61,27 @@ def _evaluate(args, rest):
                 f"Report and figures in {os.path.abspath(args.output_dir)}: "
                 f"{', '.join(os.path.basename(f) for f in figures)}"
             )
+            if args.push_results:
+                _push_results(args, report.to_dict(), dict(zip(names, args.models)))
     finally:
         if created:
             import torch
 
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def _push_results(args, report: dict, models: dict[str, str]) -> None:
+    """Opens one pull request per evaluated model, adding its results to the card's model-index."""
+    from .classifier import load_classifier
+    from .results_pr import nullspace_figures, propose_results
+
+    settings = {"seed": args.seed, "max_samples": args.max_samples, "caps": args.cap}
+    settings.update(corruptions=args.corruptions, severities=args.severities)
+    for name, repo_id in models.items():
+        nullspace = nullspace_figures(load_classifier(repo_id, token=args.token))
+        info = propose_results(repo_id, report, name, token=args.token, nullspace=nullspace, settings=settings)
+        print(f"Pull request with the results of {name}: {info.pr_url}")
 
 
 def _nullspace(args, rest):
@@ -147,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: this process's GPU if any)")
     evaluate.add_argument("--output-dir", default="robustness-report")
+    evaluate.add_argument(
+        "--push-results",
+        action="store_true",
+        help="open a pull request on each model's Hub repo adding its results to the card's model-index "
+        "(never writes to main; needs a token allowed to open pull requests)",
+    )
     evaluate.set_defaults(run=_evaluate)
 
     nullspace = commands.add_parser("nullspace", help="exact nullspace of a model's patch projection")

@@ -11,7 +11,8 @@ from .classifier import unwrap
 
 # model_type -> dotted suffix of the patch-embedding projection (a Conv2d with kernel = stride = patch size).
 # The noise of the paper lives at the output of this projection: after it, before the CLS token and the position
-# embeddings are added.
+# embeddings are added. `timm_wrapper` is a timm model loaded by transformers (`TimmWrapperForImageClassification`):
+# timm's vision transformers (ViT, DeiT, BEiT, EVA, Swin, ...) keep their projection at `patch_embed.proj`.
 PATCH_EMBEDDING_MODULES = {
     "vit": "embeddings.patch_embeddings.projection",
     "deit": "embeddings.patch_embeddings.projection",
@@ -20,9 +21,23 @@ PATCH_EMBEDDING_MODULES = {
     "dinov2": "embeddings.patch_embeddings.projection",
     "dinov2_with_registers": "embeddings.patch_embeddings.projection",
     "vit_msn": "embeddings.patch_embeddings.projection",
+    "ijepa": "embeddings.patch_embeddings.projection",
     "swin": "embeddings.patch_embeddings.projection",
     "swinv2": "embeddings.patch_embeddings.projection",
+    "donut-swin": "embeddings.patch_embeddings.projection",
+    "focalnet": "embeddings.patch_embeddings.projection",
+    "pvt": "encoder.patch_embeddings.0.projection",
+    "clip": "vision_model.embeddings.patch_embedding",
+    "metaclip_2": "vision_model.embeddings.patch_embedding",
+    "siglip": "vision_model.embeddings.patch_embedding",
+    "timm_wrapper": "timm_model.patch_embed.proj",
 }
+PROJECTION_HELP = (
+    "Point the library at the projection by its dotted name (a Conv2d with kernel_size == stride and no padding): "
+    "`NullspaceArguments(nullspace_patch_embedding_module=NAME)` (`--nullspace_patch_embedding_module NAME` in the "
+    "finetuning job; synthesis and training read it there), `module_name=NAME` in `find_patch_embedding`, "
+    "`inject_noise` and `patch_embedding_nullspace`, or `hf-nullspace nullspace MODEL --module-name NAME`."
+)
 
 
 class UnsupportedModelError(ValueError):
@@ -66,8 +81,8 @@ def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d]:
     if module_name is not None:
         if module_name not in modules:
             raise UnsupportedModelError(
-                f"The model has no module named {module_name!r}. Modules ending in 'projection' or 'patch_embed': "
-                f"{[n for n in modules if n.endswith(('projection', 'patch_embed', 'proj'))][:10]}."
+                f"The model has no module named {module_name!r}. Patch projections found in it: "
+                f"{_candidates(modules) or 'none'}. {PROJECTION_HELP}"
             )
         module = modules[module_name]
     else:
@@ -75,17 +90,23 @@ def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d]:
         suffix = PATCH_EMBEDDING_MODULES.get(model_type)
         matches = [n for n in modules if suffix is not None and (n == suffix or n.endswith("." + suffix))]
         if not matches:
+            reason = (
+                f"no module {suffix!r}, where models of type {model_type!r} keep it"
+                if suffix is not None
+                else f"model type {model_type!r} is not in the built-in table"
+            )
             raise UnsupportedModelError(
-                f"Cannot find the patch embedding of a model of type {model_type!r} ({type(model).__name__}). "
-                f"Supported model types: {', '.join(sorted(PATCH_EMBEDDING_MODULES))}. For another vision "
-                "transformer, pass the dotted name of its patch-embedding projection (a Conv2d with kernel = stride "
-                "= patch size) as `nullspace_patch_embedding_module` / `module_name`."
+                f"Cannot find the patch embedding of this {type(model).__name__}: {reason}. Supported model types: "
+                f"{', '.join(sorted(PATCH_EMBEDDING_MODULES))} (`timm_wrapper`: timm vision transformers loaded "
+                f"with transformers, projection at `patch_embed.proj`). Patch projections found in this model: "
+                f"{_candidates(modules) or 'none'}. {PROJECTION_HELP}"
             )
         module_name, module = matches[0], modules[matches[0]]
     if not _is_patch_projection(module):
         raise UnsupportedModelError(
             f"{module_name!r} is a {type(module).__name__}, not a patch projection: expected a Conv2d with "
-            "kernel_size == stride and no padding."
+            f"kernel_size == stride and no padding. Patch projections found in this model: "
+            f"{_candidates(modules) or 'none'}."
         )
     return module_name, module
 
@@ -96,7 +117,18 @@ _found_names: "weakref.WeakKeyDictionary[nn.Module, dict[str | None, str]]" = we
 
 
 def _is_patch_projection(module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and module.padding in (0, (0, 0))
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == module.stride
+        and module.padding in (0, (0, 0), "valid")
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
+
+
+def _candidates(modules: dict[str, nn.Module], limit: int = 5) -> list[str]:
+    """Names of the first `limit` modules that pass as a patch projection (for error messages)."""
+    return [name for name, module in modules.items() if _is_patch_projection(module)][:limit]
 
 
 def _noise_map(noise: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,14 @@ Endpoints:
 - `POST /api/validate-yaml`: 200 `{"errors": [], "warnings": []}` (the Hub's YAML check is not reproduced).
 - `POST /api/{type}s/{repo}/preupload/{rev}`: `uploadMode` "regular" for every file, with the remote blob oid.
 - `POST /api/{type}s/{repo}/commit/{rev}`: NDJSON body of `header`, `file` (base64), `deletedFile`, `deletedFolder`.
+  With `?create_pr=1` the commit opens a pull request instead (`HfApi.create_commit(..., create_pr=True)`): a new
+  branch `refs/pr/{n}` from the head of `rev` (or from the header's `parentCommit`) receives the commit, `rev` is left
+  as it was, and the answer's `pullRequestUrl` is `{repo url}/discussions/{n}`.
+- `POST /api/{type}s/{repo}/discussions`: a discussion, or with `pullRequest` a draft pull request whose branch
+  `refs/pr/{n}` starts at the head of main (`HfApi.create_discussion`, `create_pull_request`); answers `{"num"}`.
+- `GET /api/{type}s/{repo}/discussions[/{n}]`: the list (`get_repo_discussions`) or one with its events
+  (`get_discussion_details`: the opening comment, one `commit` event per commit on the pull request's branch).
+  Pull request branches are read like any revision (`revision="refs/pr/1"`).
 - `POST /api/{type}s/{repo}/branch/{branch}`: a new branch from `startingPoint` (or main); 409 if it exists.
 - `GET /api/{type}s/{repo}` and `GET /api/{type}s/{repo}/revision/{rev}`: repo info with `sha` and `siblings`.
 - `GET /api/{type}s/{repo}/tree/{rev}[/{path}]`: files and folders, `?recursive=true` for the whole subtree.
@@ -26,10 +34,12 @@ Endpoints:
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -137,37 +147,135 @@ class RepoStore:
         """Apply NDJSON operations on top of `branch` and move the branch to the new commit."""
         with self.lock:
             meta = self.load(repo_type, repo_id)
-            if branch not in meta["refs"]:
-                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
-            head = meta["refs"][branch]
-            parent_commit = header.get("parentCommit")
-            if parent_commit and not head.startswith(parent_commit):
-                raise HubError(412, f"Parent commit {parent_commit} is not the head of {branch} ({head})")
-            files = dict(meta["commits"][head]["files"])
-            for op in operations:
-                key, value = op.get("key"), op.get("value", {})
-                path = value.get("path", "").strip("/")
-                if not path or ".." in path.split("/"):
-                    raise HubError(400, f"Invalid path in commit: {path!r}")
-                if key == "file":
-                    if value.get("encoding") != "base64":
-                        raise HubError(400, "Only base64-encoded regular files are supported")
-                    content = base64.b64decode(value["content"])
-                    oid = git_blob_oid(content)
-                    self.blob(repo_type, repo_id, oid).write_bytes(content)
-                    files[path] = oid
-                elif key == "deletedFile":
-                    if files.pop(path, None) is None:
-                        raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")
-                elif key == "deletedFolder":
-                    for existing in [p for p in files if p.startswith(path + "/")]:
-                        del files[existing]
-                else:
-                    raise HubError(400, f"Unsupported commit operation {key!r} (LFS and copies are not supported)")
-            sha = self._add_commit(meta, head, header.get("summary", ""), header.get("description", ""), files)
-            meta["refs"][branch] = sha
+            sha = self._apply(repo_type, repo_id, meta, branch, operations, header)
             self._save(repo_type, repo_id, meta)
             return sha
+
+    def _apply(self, repo_type: str, repo_id: str, meta: dict, branch: str, operations: list[dict], header: dict):
+        """`commit` on a loaded `meta`, saved by the caller."""
+        if branch not in meta["refs"]:
+            raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+        head = meta["refs"][branch]
+        parent_commit = header.get("parentCommit")
+        if parent_commit and not head.startswith(parent_commit):
+            raise HubError(412, f"Parent commit {parent_commit} is not the head of {branch} ({head})")
+        files = dict(meta["commits"][head]["files"])
+        for op in operations:
+            key, value = op.get("key"), op.get("value", {})
+            path = value.get("path", "").strip("/")
+            if not path or ".." in path.split("/"):
+                raise HubError(400, f"Invalid path in commit: {path!r}")
+            if key == "file":
+                if value.get("encoding") != "base64":
+                    raise HubError(400, "Only base64-encoded regular files are supported")
+                content = base64.b64decode(value["content"])
+                oid = git_blob_oid(content)
+                self.blob(repo_type, repo_id, oid).write_bytes(content)
+                files[path] = oid
+            elif key == "deletedFile":
+                if files.pop(path, None) is None:
+                    raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")
+            elif key == "deletedFolder":
+                for existing in [p for p in files if p.startswith(path + "/")]:
+                    del files[existing]
+            else:
+                raise HubError(400, f"Unsupported commit operation {key!r} (LFS and copies are not supported)")
+        sha = self._add_commit(meta, head, header.get("summary", ""), header.get("description", ""), files)
+        meta["refs"][branch] = sha
+        return sha
+
+    @staticmethod
+    def _open_discussion(meta: dict, title: str, description: str, pull_request: bool, start: str, status: str) -> int:
+        """Adds discussion number n (numbered from 1) to `meta`; a pull request also gets the branch `refs/pr/{n}`
+        at commit `start`."""
+        discussions = meta.setdefault("discussions", [])
+        num = len(discussions) + 1
+        created = now_iso()
+        comment = {
+            "id": hashlib.sha1(f"{num}-comment".encode()).hexdigest()[:24],
+            "type": "comment",
+            "createdAt": created,
+            "author": {"name": DEFAULT_NAMESPACE},
+            "data": {
+                "edited": False,
+                "hidden": False,
+                "latest": {"raw": description, "html": description, "updatedAt": created},
+                "history": [],
+            },
+        }
+        discussions.append(
+            {
+                "num": num,
+                "title": title,
+                "status": status,
+                "isPullRequest": pull_request,
+                "createdAt": created,
+                "author": {"name": DEFAULT_NAMESPACE},
+                "events": [comment],
+            }
+        )
+        if pull_request:
+            meta["refs"][f"refs/pr/{num}"] = start
+        return num
+
+    def open_discussion(self, repo_type: str, repo_id: str, title: str, description: str, pull_request: bool) -> int:
+        """A discussion or a draft pull request (from the head of main) opened on its own; returns its number."""
+        with self.lock:
+            meta = self.load(repo_type, repo_id)
+            num = self._open_discussion(meta, title, description, pull_request, meta["refs"]["main"], "draft")
+            self._save(repo_type, repo_id, meta)
+            return num
+
+    def commit_as_pull_request(
+        self, repo_type: str, repo_id: str, base: str, operations: list[dict], header: dict
+    ) -> tuple[str, int]:
+        """Opens a pull request on `base` (from its head, or from the header's `parentCommit`) holding one commit of
+        `operations`; `base` itself does not move. Returns the commit sha and the pull request's number."""
+        with self.lock:
+            meta = self.load(repo_type, repo_id)
+            if base not in meta["refs"]:
+                raise HubError(404, f"Invalid rev id: {base}", "RevisionNotFound")
+            start = meta["refs"][base]
+            parent_commit = header.get("parentCommit")
+            if parent_commit:
+                matches = [sha for sha in meta["commits"] if sha.startswith(parent_commit)]
+                if len(matches) != 1:
+                    raise HubError(404, f"Invalid rev id: {parent_commit}", "RevisionNotFound")
+                start = matches[0]
+            title, description = header.get("summary", ""), header.get("description", "")
+            num = self._open_discussion(meta, title, description, True, start, "open")
+            header = {**header, "parentCommit": None}
+            sha = self._apply(repo_type, repo_id, meta, f"refs/pr/{num}", operations, header)
+            self._save(repo_type, repo_id, meta)
+            return sha, num
+
+    def discussions(self, repo_type: str, repo_id: str) -> list[dict]:
+        """Every discussion of the repo; a pull request's events end with one `commit` event per commit on its
+        branch, oldest first."""
+        meta = self.load(repo_type, repo_id)
+        found = []
+        for discussion in meta.get("discussions", []):
+            discussion = dict(discussion, repo={"name": repo_id, "type": repo_type})
+            if discussion["isPullRequest"]:
+                ref = f"refs/pr/{discussion['num']}"
+                commits, sha = [], meta["refs"][ref]
+                while sha is not None and sha != meta["refs"]["main"] and not _reachable(meta, "main", sha):
+                    commit = meta["commits"][sha]
+                    commits.append(
+                        {
+                            "id": sha[:24],
+                            "type": "commit",
+                            "createdAt": commit["date"],
+                            "author": {"name": DEFAULT_NAMESPACE},
+                            "data": {"subject": commit["title"], "oid": sha},
+                        }
+                    )
+                    sha = commit["parent"]
+                discussion["events"] = discussion["events"] + commits[::-1]
+                discussion["changes"] = {"base": "refs/heads/main"}
+                discussion["filesWithConflicts"] = []
+            found.append(discussion)
+        return found
 
     def create_branch(self, repo_type: str, repo_id: str, branch: str, starting_point: str | None) -> None:
         with self.lock:
@@ -176,6 +284,16 @@ class RepoStore:
                 raise HubError(409, f"Reference already exists: refs/heads/{branch}")
             meta["refs"][branch] = self.resolve(meta, starting_point or "main")
             self._save(repo_type, repo_id, meta)
+
+
+def _reachable(meta: dict, branch: str, sha: str) -> bool:
+    """Whether commit `sha` is in the history of `branch`."""
+    head = meta["refs"][branch]
+    while head is not None:
+        if head == sha:
+            return True
+        head = meta["commits"][head]["parent"]
+    return False
 
 
 class HubRequestHandler(BaseHTTPRequestHandler):
@@ -325,7 +443,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         action = segments[3] if len(segments) > 3 else None
         revision = unquote(segments[4]) if len(segments) > 4 else "main"
         path = "/".join(unquote(segment) for segment in segments[5:])
-        if method == "GET" and action in (None, "revision"):
+        if action == "discussions":
+            self._discussions(method, repo_type, repo_id, segments[4:])
+        elif method == "GET" and action in (None, "revision"):
             self._repo_info(repo_type, repo_id, revision)
         elif method == "GET" and action == "commits":
             self._commits(repo_type, repo_id, revision)
@@ -427,8 +547,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _commit(self, repo_type: str, repo_id: str, revision: str, query: dict) -> None:
         self._require_write()
-        if query.get("create_pr") == "1":
-            raise HubError(400, "Pull requests are not supported by the test server")
         lines = [line for line in self._read_body().splitlines() if line.strip()]
         try:
             items = [json.loads(line) for line in lines]
@@ -437,16 +555,48 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if not items or items[0].get("key") != "header":
             raise HubError(400, "The first NDJSON line must be the commit header")
         self._readable(repo_type, repo_id)
-        sha = self.store.commit(repo_type, repo_id, revision, items[1:], items[0].get("value", {}))
+        pull_request_url = None
+        if query.get("create_pr") == "1":
+            sha, num = self.store.commit_as_pull_request(
+                repo_type, repo_id, revision, items[1:], items[0].get("value", {})
+            )
+            pull_request_url = f"{self._repo_url(repo_type, repo_id)}/discussions/{num}"
+        else:
+            sha = self.store.commit(repo_type, repo_id, revision, items[1:], items[0].get("value", {}))
         self._send_json(
             200,
             {
                 "success": True,
                 "commitOid": sha,
                 "commitUrl": f"{self._repo_url(repo_type, repo_id)}/commit/{sha}",
-                "pullRequestUrl": None,
+                "pullRequestUrl": pull_request_url,
             },
         )
+
+    def _discussions(self, method: str, repo_type: str, repo_id: str, rest: list[str]) -> None:
+        if method == "POST" and not rest:
+            self._require_write()
+            self._readable(repo_type, repo_id)
+            payload = self._json_body()
+            title = (payload.get("title") or "").strip()
+            if not 3 <= len(title) <= 200:
+                raise HubError(400, "A discussion title must be 3 to 200 characters long")
+            num = self.store.open_discussion(
+                repo_type, repo_id, title, payload.get("description") or "", bool(payload.get("pullRequest"))
+            )
+            self._send_json(200, {"num": num, "url": f"{self._repo_url(repo_type, repo_id)}/discussions/{num}"})
+            return
+        if method != "GET" or len(rest) > 1:
+            raise HubError(404, f"No route for {method} {self.path.split('?')[0]}")
+        self._readable(repo_type, repo_id)
+        discussions = self.store.discussions(repo_type, repo_id)
+        if not rest:
+            self._send_json(200, {"discussions": discussions[::-1], "count": len(discussions), "start": 0})
+            return
+        found = [d for d in discussions if str(d["num"]) == rest[0]]
+        if not found:
+            raise HubError(404, f"Discussion {rest[0]} not found")
+        self._send_json(200, found[0])
 
     def _resolve(self, segments: list[str], send_body: bool) -> None:
         repo_type = "model"
@@ -489,6 +639,34 @@ class HubServer(ThreadingHTTPServer):
         super().__init__((HOST, port), HubRequestHandler)
         self.store = RepoStore(root)
         self.accepted_token = accepted_token
+
+
+@contextlib.contextmanager
+def serve(root: Path, token: str | None = None):
+    """Runs this server in a subprocess on a free port of 127.0.0.1 until the context exits.
+
+    Args:
+        root (`Path`): folder for the repos (created); the log is written next to it as `{root}.log`.
+        token (`str`, *optional*): the only token accepted for writes (any `hf_` token if `None`).
+
+    Yields:
+        `tuple[str, Path]`: the endpoint URL (for `HF_ENDPOINT`) and the log file.
+    """
+    log_path = root.with_name(root.name + ".log")
+    env = {**os.environ, "HUB_SERVER_TOKEN": token or ""}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--root", str(root), "--port", "0"], stdout=subprocess.PIPE, stderr=log, env=env
+        )
+    try:
+        first_line = process.stdout.readline().decode().split()
+        if first_line[:1] != ["PORT"]:
+            raise RuntimeError(f"The test Hub server did not start: {log_path.read_text()}")
+        yield f"http://{HOST}:{first_line[1]}", log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
 
 
 def main() -> None:
