@@ -42,12 +42,11 @@ class NullspaceArguments:
             start is. Above 1, so that the learned updates move the noise into the approximate nullspace and it is
             returned near the epsilon boundary, larger than a random noise inside epsilon.
         noise_max_norm_ratio (`float`, *optional*, defaults to `10.0`):
-            With the automatic start: the largest start, in multiples of the RMS of the patch embeddings (about the
-            norm ratio of the noise to the embeddings). The calibration looks for the epsilon boundary up to
-            `noise_max_norm_ratio / noise_init_factor` times the RMS. A model whose predictions stay within epsilon
-            under a random noise that large does not read its input yet (e.g. a freshly initialised head): that
-            refresh synthesises no noise, the steps until the next refresh train on the clean loss alone, and the
-            noise history records it (`no_boundary`).
+            With the automatic start: how far the calibration looks for the epsilon boundary, in multiples of the RMS
+            of the patch embeddings (about the norm ratio of a noise to the embeddings); the start is capped there
+            too. A model whose predictions stay within epsilon under a random noise that large does not read its
+            input yet (e.g. a freshly initialised head): that refresh synthesises no noise, the steps until the next
+            refresh train on the clean loss alone, and the noise history records it (`no_boundary`).
         noise_fallback (`bool`, *optional*, defaults to `True`):
             When the cap is hit before the statistic is below epsilon, shrink the noise along its learned direction
             (bisection) until it is inside epsilon on the batch of the last statistic, instead of training on a
@@ -113,8 +112,8 @@ class NullspaceArguments:
     noise_max_norm_ratio: float = field(
         default=10.0,
         metadata={
-            "help": "Automatic start: the largest start in multiples of the patch embeddings' RMS; no epsilon "
-            "boundary below it (e.g. a fresh head): train on the clean loss until the next refresh."
+            "help": "Automatic start: look for the epsilon boundary up to this many times the patch embeddings' RMS "
+            "(the start is capped there); none there (e.g. a fresh head): clean loss until the next refresh."
         },
     )
     noise_fallback: bool = field(

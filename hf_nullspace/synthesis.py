@@ -23,9 +23,9 @@ from .embedding import find_patch_embedding, inject_noise, noise_shape
 logger = logging.getLogger(__name__)
 
 # no-grad forward passes of the scale calibration: doublings/halvings to a bracket, then bisections inside it. The
-# bracket is searched down to 2**-10 times the RMS of the patch embeddings and up to `noise_max_norm_ratio /
-# noise_init_factor` times it: a model whose predictions stay inside epsilon under a noise that large does not read
-# its input yet, and the start (`noise_init_factor` times the boundary) is never larger than `noise_max_norm_ratio`.
+# bracket is searched down to 2**-10 times the RMS of the patch embeddings and up to `noise_max_norm_ratio` times it:
+# a model whose predictions stay inside epsilon under a noise that large does not read its input yet. The start,
+# `noise_init_factor` times the boundary, is capped at that limit too (still outside epsilon, as the boundary is).
 CALIBRATION_MAX_DOUBLINGS = 10
 CALIBRATION_BISECTIONS = 3
 # bisection steps of the fallback that shrinks a capped noise along its learned direction until inside epsilon
@@ -56,8 +56,8 @@ class NoiseSynthesisResult:
         learned_norm, learned_statistic (`float`, *optional*): `norm_matched` mode only: the norm and statistic of
             the learned noise whose norm the returned random noise copies.
         learned_noise (`torch.Tensor`, *optional*): `norm_matched` mode only: that learned noise.
-        no_boundary (`bool`): the calibration found no scale within `noise_max_norm_ratio / noise_init_factor` times
-            the RMS of the patch embeddings at which a random noise leaves epsilon (the predictions do not depend on
+        no_boundary (`bool`): the calibration found no scale within `noise_max_norm_ratio` times the RMS of the
+            patch embeddings at which a random noise leaves epsilon (the predictions do not depend on
             the input yet, e.g. a fresh head): `noise` is zero and nothing is to be trained on it.
         limit_statistic (`float`, *optional*): with `no_boundary`, the statistic at the largest scale tried.
     """
@@ -348,6 +348,11 @@ def _rms(tensor: torch.Tensor) -> float:
     return float(tensor.float().pow(2).mean().sqrt())
 
 
+def _base_scale(context: _Context) -> float:
+    """The RMS of the patch embeddings, where the calibration starts (1 if it is not a positive number)."""
+    return context.token_rms if context.token_rms > 0 and math.isfinite(context.token_rms) else 1.0
+
+
 class _NoBoundary(Exception):
     """No scale within the search range takes a random noise outside epsilon; `args[0]`: the statistic at the limit."""
 
@@ -357,11 +362,11 @@ def _calibrate(context: _Context, direction: torch.Tensor, position, pixel_value
     The scale s at which `s * direction` (RMS 1) leaves the epsilon ball on one batch: doubling or halving from the
     RMS of the patch embeddings to a bracket, then geometric bisection. Returns (s, statistic at s) with the
     statistic >= epsilon (the smallest scale found outside), or `None` on a non-finite statistic. Raises
-    `_NoBoundary` when the direction is still inside at `noise_max_norm_ratio / noise_init_factor` times the RMS.
+    `_NoBoundary` when the direction is still inside at `noise_max_norm_ratio` times the RMS.
     """
     epsilon = context.args.noise_epsilon
-    base = context.token_rms if context.token_rms > 0 and math.isfinite(context.token_rms) else 1.0
-    limit = base * context.args.noise_max_norm_ratio / context.args.noise_init_factor
+    base = _base_scale(context)
+    limit = base * context.args.noise_max_norm_ratio
     scale = min(base, limit)
     value = context.statistic(position, pixel_values, scale * direction)
     if not math.isfinite(value):
@@ -442,7 +447,7 @@ def _learned_noise(context: _Context, init: torch.Tensor | None) -> NoiseSynthes
                 "training continues on the clean loss until the next one.",
                 args.noise_epsilon,
                 found.args[0],
-                args.noise_max_norm_ratio / args.noise_init_factor,
+                args.noise_max_norm_ratio,
             )
             return NoiseSynthesisResult(
                 noise=torch.zeros(context.shape, device=context.device),
@@ -456,7 +461,8 @@ def _learned_noise(context: _Context, init: torch.Tensor | None) -> NoiseSynthes
         if calibrated is None:
             return None
         boundary = calibrated[0]
-        noise = direction * (boundary * args.noise_init_factor)
+        # noise_init_factor beyond the boundary, at most the search limit (outside epsilon either way)
+        noise = direction * min(boundary * args.noise_init_factor, _base_scale(context) * args.noise_max_norm_ratio)
         lr = args.noise_lr * _rms(noise) / math.sqrt(3)  # noise_lr x limit / 3, limit = the start's uniform bound
     start_scale = _rms(noise)
     noise = noise.clone().requires_grad_(True)
