@@ -516,7 +516,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if trainer.eval_dataset is not None
         else None,
-        eval_rows=scored_rows(data_args.eval_split, _num_rows(trainer.eval_dataset), data_args.held_out),
+        eval_rows=scored_rows(data_args.eval_split, _num_rows(trainer.eval_dataset), data_args.held_out)
+        if trainer.eval_dataset is not None
+        else None,
         **({"license": model_args.license} if model_args.license else {}),
         **metrics,
     )
