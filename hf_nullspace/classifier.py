@@ -48,9 +48,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
     """
     Eval mode with parameters frozen, for optimising an input or a noise against a fixed model (synthesis, attacks,
-    analysis): no parameter gradients are computed or left behind; mode and `requires_grad` flags are restored.
+    analysis, evaluation): no parameter gradients are computed or left behind. On exit every module's own mode and
+    every parameter's `requires_grad` flag are what they were before, including mixed modes (e.g. a model in training
+    mode with one frozen submodule in eval mode).
     """
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     for parameter in trainable:
@@ -60,4 +62,5 @@ def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for parameter in trainable:
             parameter.requires_grad_(True)
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training

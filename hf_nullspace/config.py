@@ -41,6 +41,12 @@ class NullspaceArguments:
             With the automatic start: how many times the scale at which a random draw leaves the epsilon ball the
             start is. Above 1, so that the learned updates move the noise into the approximate nullspace and it is
             returned near the epsilon boundary, larger than a random noise inside epsilon.
+        noise_max_norm_ratio (`float`, *optional*, defaults to `10.0`):
+            With the automatic start: how far the calibration looks for the epsilon boundary, in multiples of the RMS
+            of the patch embeddings (about the norm ratio of a noise to the embeddings); the start is capped there
+            too. A model whose predictions stay within epsilon under a random noise that large does not read its
+            input yet (e.g. a freshly initialised head): that refresh synthesises no noise, the steps until the next
+            refresh train on the clean loss alone, and the noise history records it (`no_boundary`).
         noise_fallback (`bool`, *optional*, defaults to `True`):
             When the cap is hit before the statistic is below epsilon, shrink the noise along its learned direction
             (bisection) until it is inside epsilon on the batch of the last statistic, instead of training on a
@@ -67,6 +73,10 @@ class NullspaceArguments:
         noise_warm_start (`bool`, *optional*, defaults to `False`):
             Start each synthesis from the previous learned noise (rescaled as a fresh start would be) instead of a
             fresh draw.
+        noise_bank_save_all (`bool`, *optional*, defaults to `False`):
+            Save every noise synthesised (the full bank, N x D x 4 bytes per refresh: about 600 KB for ViT-B/16) with
+            each checkpoint and with the finished run, instead of the current one. The noise history is always
+            saved whole; resuming needs only the current noise.
         noisy_loss_weight (`float`, *optional*, defaults to `1.0`):
             Weight beta of the noisy term: loss = CE(clean) + beta * CE(noisy).
         noise_shared_forward (`bool`, *optional*, defaults to `True`):
@@ -99,6 +109,13 @@ class NullspaceArguments:
         default=2.0,
         metadata={"help": "Automatic start: this many times the scale at which a random draw leaves epsilon."},
     )
+    noise_max_norm_ratio: float = field(
+        default=10.0,
+        metadata={
+            "help": "Automatic start: look for the epsilon boundary up to this many times the patch embeddings' RMS "
+            "(the start is capped there); none there (e.g. a fresh head): clean loss until the next refresh."
+        },
+    )
     noise_fallback: bool = field(
         default=True,
         metadata={"help": "At the cap, shrink the noise along its learned direction until inside epsilon."},
@@ -127,12 +144,9 @@ class NullspaceArguments:
     noise_warm_start: bool = field(
         default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
     )
-    noise_synthesis_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Synthesise on the first k rows of the batch, hold out the rest (unset: whole batch)."},
-    )
-    noise_warm_start: bool = field(
-        default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
+    noise_bank_save_all: bool = field(
+        default=False,
+        metadata={"help": "Save every noise synthesised with checkpoints and the run (default: the current one)."},
     )
     noisy_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight beta of the noisy loss: CE(clean) + beta * CE(noisy)."}
@@ -157,7 +171,7 @@ class NullspaceArguments:
             raise ValueError(
                 f"noise_objective={self.noise_objective!r} is not supported: use one of {', '.join(NOISE_OBJECTIVES)}."
             )
-        for name in ("noise_epsilon", "noise_lr", "noise_init_limit", "noise_init_factor"):
+        for name in ("noise_epsilon", "noise_lr", "noise_init_limit", "noise_init_factor", "noise_max_norm_ratio"):
             value = getattr(self, name)
             if value is None and name == "noise_init_limit":
                 continue

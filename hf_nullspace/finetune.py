@@ -35,6 +35,7 @@ from .data import (
     transforms_from_image_processor,
 )
 from .data.bundled import ASSETS
+from .data.heldout import HeldOutSplit, carve_held_out, held_out_spec, scored_rows
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
 from .noise_bank import last_complete_checkpoint
 from .trainer import NullspaceTrainer
@@ -100,6 +101,14 @@ class DataTrainingArguments:
     eval_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on (defaults to validation, else test, if present)."}
     )
+    train_val_split: float = field(
+        default=0.15,
+        metadata={
+            "help": "Without a validation or test split: the share of the training rows held out (seeded by --seed) "
+            "for evaluation and the robustness suite; the rest is trained on. 0: no held-out rows."
+        },
+    )
+    held_out: HeldOutSplit | None = field(default=None, init=False)  # set by build_trainer when rows were carved
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset (requires --max_steps)."})
     image_column_name: str | None = field(default=None, metadata={"help": "Image column (autodetected)."})
     label_column_name: str | None = field(default=None, metadata={"help": "Label column (autodetected)."})
@@ -223,14 +232,20 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
     eval_raw = None
     for split in [data_args.eval_split] if data_args.eval_split else ["validation", "test"]:
         try:
-            eval_raw = load_image_dataset(data_args.dataset_name, split=split, **load)
+            eval_raw = load_image_dataset(data_args.dataset_name, split=split, only_split_fallback=False, **load)
             data_args.eval_split = split  # the robustness suite reads the same split
             break
         except ValueError:
             if data_args.eval_split:
                 raise
+    if eval_raw is None and data_args.train_val_split:  # never score on training rows: hold some out
+        train_raw, eval_raw, data_args.held_out = carve_held_out(train_raw, data_args, training_args.seed)
+        data_args.eval_split = data_args.train_split
     if eval_raw is None and training_args.do_eval:
-        raise ValueError(f"{data_args.dataset_name} has no validation or test split: pass --eval_split.")
+        raise ValueError(
+            f"{data_args.dataset_name} has no validation or test split: pass --eval_split, or --train_val_split "
+            "above 0 to hold out a share of the training rows."
+        )
 
     columns = list(train_raw.features) if train_raw.features else list(train_raw.column_names or [])
     image_column, label_column = find_columns(columns, data_args.image_column_name, data_args.label_column_name)
@@ -306,6 +321,13 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
     return trainer, counters
 
 
+def _num_rows(dataset) -> int | None:
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:  # streamed
+        return None
+
+
 def robustness_data(data_args):
     """The clean data a robustness suite reads: the bundled MNIST for the default, else the run's eval split."""
     from .data import spec_from_source
@@ -313,11 +335,12 @@ def robustness_data(data_args):
 
     if data_args.robustness_suite == "mnist" and data_args.dataset_name == BUNDLED_MNIST:
         return None
-    return spec_from_source(
+    spec = spec_from_source(
         data_args.dataset_name,
         split=data_args.eval_split or "validation",
         config_name=data_args.dataset_config_name,
     )
+    return held_out_spec(spec, data_args.held_out)
 
 
 def parse_pairs(entries: list[str] | None, what: str, as_int: bool = False) -> dict:
@@ -491,6 +514,9 @@ def main(argv: list[str] | None = None) -> dict:
             "config": data_args.dataset_config_name,
             "split": data_args.eval_split,
         }
+        if trainer.eval_dataset is not None
+        else None,
+        eval_rows=scored_rows(data_args.eval_split, _num_rows(trainer.eval_dataset), data_args.held_out)
         if trainer.eval_dataset is not None
         else None,
         **({"license": model_args.license} if model_args.license else {}),

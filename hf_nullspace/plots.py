@@ -40,7 +40,8 @@ def plot_noise_norm(
 ) -> str:
     """
     The paper's figure: the norm of each newly synthesised noise against the optimiser step it was made at. Refreshes
-    that stopped before reaching epsilon are drawn hollow.
+    that stopped before reaching epsilon are drawn hollow; refreshes that found no epsilon boundary (`no_boundary`:
+    no noise, the clean loss until the next refresh) are drawn as crosses at 0.
 
     Args:
         history (`list[dict]`): records with `step`, `norm` and `reached` (as saved by `NullspaceTrainer`); a list of
@@ -51,16 +52,27 @@ def plot_noise_norm(
     for label, records in runs.items():
         steps = [r["step"] for r in records]
         norms = [r["norm"] for r in records]
-        (line,) = ax.plot(steps, norms, marker="o", label=label)
-        missed = [(s, n) for s, n, r in zip(steps, norms, records) if not r.get("reached", True)]
+        found = [(s, n) for s, n, r in zip(steps, norms, records) if not r.get("no_boundary")]
+        (line,) = ax.plot([s for s, _ in found], [n for _, n in found], marker="o", label=label)
+        missed = [
+            (s, n) for s, n, r in zip(steps, norms, records) if not r.get("reached", True) and not r.get("no_boundary")
+        ]
         if missed:
             ax.scatter(*zip(*missed), s=60, facecolors="white", edgecolors=line.get_color(), zorder=3)
+        skipped = [(s, n) for s, n, r in zip(steps, norms, records) if r.get("no_boundary")]
+        if skipped:
+            ax.scatter(*zip(*skipped), s=60, marker="x", color=line.get_color(), zorder=3)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("||v||_2")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(runs) > 1 or any(not r.get("reached", True) for rs in runs.values() for r in rs):
-        _legend_outside(ax, title="hollow: epsilon not reached" if len(runs) == 1 else None, fontsize=8)
+    records = [r for rs in runs.values() for r in rs]
+    if len(runs) > 1 or any(not r.get("reached", True) for r in records):
+        notes = ["hollow: epsilon not reached"] * any(
+            not r.get("reached", True) and not r.get("no_boundary") for r in records
+        )
+        notes += ["x: no epsilon boundary yet (clean loss)"] * any(r.get("no_boundary") for r in records)
+        _legend_outside(ax, title="\n".join(notes) if len(runs) == 1 and notes else None, fontsize=8)
     return _save(fig, path)
 
 

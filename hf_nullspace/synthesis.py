@@ -23,8 +23,9 @@ from .embedding import find_patch_embedding, inject_noise, noise_shape
 logger = logging.getLogger(__name__)
 
 # no-grad forward passes of the scale calibration: doublings/halvings to a bracket, then bisections inside it. The
-# bracket is searched within 2**±10 times the RMS of the patch embeddings: a model whose predictions stay inside
-# epsilon under a noise 1024x its embeddings barely reads its input (untrained?), and a larger start helps nobody.
+# bracket is searched down to 2**-10 times the RMS of the patch embeddings and up to `noise_max_norm_ratio` times it:
+# a model whose predictions stay inside epsilon under a noise that large does not read its input yet. The start,
+# `noise_init_factor` times the boundary, is capped at that limit too (still outside epsilon, as the boundary is).
 CALIBRATION_MAX_DOUBLINGS = 10
 CALIBRATION_BISECTIONS = 3
 # bisection steps of the fallback that shrinks a capped noise along its learned direction until inside epsilon
@@ -55,6 +56,10 @@ class NoiseSynthesisResult:
         learned_norm, learned_statistic (`float`, *optional*): `norm_matched` mode only: the norm and statistic of
             the learned noise whose norm the returned random noise copies.
         learned_noise (`torch.Tensor`, *optional*): `norm_matched` mode only: that learned noise.
+        no_boundary (`bool`): the calibration found no scale within `noise_max_norm_ratio` times the RMS of the
+            patch embeddings at which a random noise leaves epsilon (the predictions do not depend on
+            the input yet, e.g. a fresh head): `noise` is zero and nothing is to be trained on it.
+        limit_statistic (`float`, *optional*): with `no_boundary`, the statistic at the largest scale tried.
     """
 
     noise: torch.Tensor
@@ -71,6 +76,8 @@ class NoiseSynthesisResult:
     learned_norm: float | None = None
     learned_statistic: float | None = None
     learned_noise: torch.Tensor | None = None
+    no_boundary: bool = False
+    limit_statistic: float | None = None
 
     def __post_init__(self):
         if self.inside is None:
@@ -101,6 +108,8 @@ class NoiseSynthesisResult:
             "boundary_scale": self.boundary_scale,
             "embedding_norm": self.embedding_norm,
             "redraws": self.redraws,
+            "no_boundary": self.no_boundary,
+            "limit_statistic": self.limit_statistic,
         }
         if self.learned_norm is not None:
             record.update(learned_norm=self.learned_norm, learned_statistic=self.learned_statistic)
@@ -283,12 +292,12 @@ def synthesize_noise(
                 result = _random_baseline(context)
             else:
                 result = _learned_noise(context, init)
-                if result is not None and args.nullspace_mode == "norm_matched":
+                if result is not None and args.nullspace_mode == "norm_matched" and not result.no_boundary:
                     result = _norm_matched(context, result)
             if result is not None:
                 result.redraws = redraws
                 result.embedding_norm = embedding_norm
-                if heldout is not None:
+                if heldout is not None and not result.no_boundary:
                     result.heldout_statistic = _heldout_statistic(model, heldout, result.noise, module_name, sync)
                 return result
             redraws += 1
@@ -339,23 +348,35 @@ def _rms(tensor: torch.Tensor) -> float:
     return float(tensor.float().pow(2).mean().sqrt())
 
 
+def _base_scale(context: _Context) -> float:
+    """The RMS of the patch embeddings, where the calibration starts (1 if it is not a positive number)."""
+    return context.token_rms if context.token_rms > 0 and math.isfinite(context.token_rms) else 1.0
+
+
+class _NoBoundary(Exception):
+    """No scale within the search range takes a random noise outside epsilon; `args[0]`: the statistic at the limit."""
+
+
 def _calibrate(context: _Context, direction: torch.Tensor, position, pixel_values) -> tuple[float, float] | None:
     """
     The scale s at which `s * direction` (RMS 1) leaves the epsilon ball on one batch: doubling or halving from the
     RMS of the patch embeddings to a bracket, then geometric bisection. Returns (s, statistic at s) with the
-    statistic >= epsilon (the smallest scale found outside), or `None` on a non-finite statistic.
+    statistic >= epsilon (the smallest scale found outside), or `None` on a non-finite statistic. Raises
+    `_NoBoundary` when the direction is still inside at `noise_max_norm_ratio` times the RMS.
     """
     epsilon = context.args.noise_epsilon
-    scale = context.token_rms if context.token_rms > 0 and math.isfinite(context.token_rms) else 1.0
+    base = _base_scale(context)
+    limit = base * context.args.noise_max_norm_ratio
+    scale = min(base, limit)
     value = context.statistic(position, pixel_values, scale * direction)
     if not math.isfinite(value):
         return None
     inside = value < epsilon
     lo, hi, hi_value = (scale, None, None) if inside else (None, scale, value)
     for _ in range(CALIBRATION_MAX_DOUBLINGS):
-        if lo is not None and hi is not None:
+        if lo is not None and hi is not None or inside and scale >= limit:
             break
-        scale = scale * 2 if inside else scale / 2
+        scale = min(scale * 2, limit) if inside else scale / 2
         value = context.statistic(position, pixel_values, scale * direction)
         if not math.isfinite(value):
             return None
@@ -363,14 +384,8 @@ def _calibrate(context: _Context, direction: torch.Tensor, position, pixel_value
             lo = scale
         else:
             hi, hi_value = scale, value
-    if hi is None:  # the model does not leave epsilon at any scale tried: start from the largest
-        logger.warning(
-            "The model's predictions stay within epsilon=%g under a random noise %gx the RMS of its patch embeddings: "
-            "it barely reads its input (is it trained?). The noise starts from that scale.",
-            epsilon,
-            2**CALIBRATION_MAX_DOUBLINGS,
-        )
-        return lo, float("nan")
+    if hi is None:  # the model does not leave epsilon at any scale tried: no noise is worth training on
+        raise _NoBoundary(value)
     if lo is None:  # still outside at a tiny scale: start from there
         return hi, hi_value
     for _ in range(CALIBRATION_BISECTIONS):
@@ -423,11 +438,31 @@ def _learned_noise(context: _Context, init: torch.Tensor | None) -> NoiseSynthes
         else:
             direction = context.draw(lambda s, g: torch.rand(s, generator=g) * 2 - 1)
             direction = direction / _rms(direction)  # a uniform draw of RMS exactly 1
-        calibrated = _calibrate(context, direction, position, pixel_values)
+        try:
+            calibrated = _calibrate(context, direction, position, pixel_values)
+        except _NoBoundary as found:
+            logger.warning(
+                "The model's predictions stay within epsilon=%g (statistic %.3g) under a random noise %gx the RMS of "
+                "its patch embeddings: they do not depend on the input yet (a fresh head?). No noise this refresh: "
+                "training continues on the clean loss until the next one.",
+                args.noise_epsilon,
+                found.args[0],
+                args.noise_max_norm_ratio,
+            )
+            return NoiseSynthesisResult(
+                noise=torch.zeros(context.shape, device=context.device),
+                updates=0,
+                statistic=0.0,
+                reached=False,
+                inside=True,
+                no_boundary=True,
+                limit_statistic=float(found.args[0]),
+            )
         if calibrated is None:
             return None
         boundary = calibrated[0]
-        noise = direction * (boundary * args.noise_init_factor)
+        # noise_init_factor beyond the boundary, at most the search limit (outside epsilon either way)
+        noise = direction * min(boundary * args.noise_init_factor, _base_scale(context) * args.noise_max_norm_ratio)
         lr = args.noise_lr * _rms(noise) / math.sqrt(3)  # noise_lr x limit / 3, limit = the start's uniform bound
     start_scale = _rms(noise)
     noise = noise.clone().requires_grad_(True)

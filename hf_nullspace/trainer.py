@@ -63,7 +63,7 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
     ):
         super().__init__(*args, **kwargs)
         self.nullspace_args = nullspace_args if nullspace_args is not None else NullspaceArguments()
-        self.noise_bank = NoiseBank()
+        self.noise_bank = NoiseBank(save_all=self.nullspace_args.noise_bank_save_all)
         self.run_info: dict = {}
         mode = self.nullspace_args.nullspace_mode
         # modes madry / trades: adversarial training (adversarial.py), pixel-space PGD through the normalisation
@@ -72,6 +72,13 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
         )
         if self.uses_noise:
             find_patch_embedding(self.model, self.nullspace_args.nullspace_patch_embedding_module)
+            if self.args.n_gpu > 1:
+                raise ValueError(
+                    f"nullspace_mode={mode!r} does not run under torch.nn.DataParallel (several GPUs in one process, "
+                    f"here {self.args.n_gpu}): its one shared noise would live on one device. Launch one process per "
+                    "GPU instead (`accelerate launch --multi_gpu ...` or `torchrun --nproc_per_node N ...`), or make "
+                    "one GPU visible (CUDA_VISIBLE_DEVICES=0)."
+                )
         if mode != "none":
             problem_type = getattr(self.model.config, "problem_type", None)
             if problem_type not in (None, "single_label_classification"):
@@ -87,7 +94,10 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
 
     @property
     def noise(self) -> torch.Tensor | None:
-        """The current noise (the newest of the bank), or `None` before the first synthesis."""
+        """The current noise (the newest of the bank), or `None` before the first synthesis and after a refresh that
+        found no epsilon boundary (`no_boundary`: the steps until the next refresh train on the clean loss)."""
+        if self.noise_history and self.noise_history[-1].get("no_boundary"):
+            return None
         return self.noise_bank.latest
 
     @property
@@ -104,7 +114,8 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
     def refresh_noise(self, model: torch.nn.Module, inputs: dict, reason: str = "schedule") -> dict:
         """
         Synthesises a fresh noise on `inputs` (its first `noise_synthesis_batch_size` rows, the rest held out), adds
-        it to the bank, logs and returns its record.
+        it to the bank, logs and returns its record. A synthesis that finds no epsilon boundary (`no_boundary`, e.g.
+        a fresh head) is recorded as such, and the steps until the next refresh train on the clean loss.
         """
         start = time.perf_counter()
         args = self.nullspace_args
@@ -114,9 +125,9 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
             pixel_values, heldout = pixel_values[:rows], pixel_values[rows:]
         warm_start = None
         if args.noise_warm_start and args.nullspace_mode != "random":
-            # the previous learned noise (norm_matched trains on a random one and keeps the learned one aside)
-            warm_start = getattr(self, "_last_learned_noise", None)
-            warm_start = warm_start if warm_start is not None else self.noise
+            # the previous learned noise (norm_matched trains on a random one and keeps the learned one aside, in the
+            # bank, so that a resumed run warm-starts from it too)
+            warm_start = self.noise_bank.learned if self.noise_bank.learned is not None else self.noise
         result = synthesize_noise(
             self.accelerator.unwrap_model(model),
             {"pixel_values": pixel_values},
@@ -125,11 +136,10 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
             heldout=heldout,
             init=warm_start,
         )
-        self._last_learned_noise = result.learned_noise if result.learned_noise is not None else result.noise
         record = {"step": self.state.global_step, **result.summary(), "seconds": time.perf_counter() - start}
         record["warm_start"] = warm_start is not None
         record["reason"] = reason
-        self.noise_bank.append(result.noise, record)
+        self.noise_bank.append(result.noise, record, learned=result.learned_noise)
         self.log(
             {
                 f"noise_{key}": float(value)
@@ -297,12 +307,13 @@ class NullspaceTrainer(RunPublishingMixin, Trainer):
     # ---- noise state: saved with every checkpoint, restored on resume ---------------------------------------------
 
     def save_noise_state(self, output_dir: str) -> None:
-        """Writes the noise bank and the method's arguments to `output_dir` (see [`NoiseBank.save`])."""
+        """Writes the current noise (every noise with `noise_bank_save_all`), the noise history and the method's
+        arguments to `output_dir` (see [`NoiseBank.save`])."""
         self.noise_bank.save(output_dir, self.nullspace_args.to_dict())
 
     def load_noise_state(self, checkpoint: str) -> None:
         """Restores the noise bank saved by `save_noise_state`."""
-        self.noise_bank = NoiseBank.load(checkpoint)
+        self.noise_bank = NoiseBank.load(checkpoint, save_all=self.nullspace_args.noise_bank_save_all)
 
     def _save_checkpoint(self, model, trial):
         # rotate old checkpoints only once this one is complete, so a crash mid-save never leaves none loadable

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 
@@ -23,11 +24,29 @@ class TemplateDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
 
 
+@functools.cache
+def _reading_tiny_vit():
+    """The tiny ViT after 30 steps on the templates: unlike an untrained head, it reads its input, so an epsilon
+    boundary exists and a noise is synthesised (an untrained one gets none: `no_boundary`)."""
+    torch.manual_seed(0)
+    model = make_tiny_vit()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(30):
+        pixel_values, labels = template_images(32, seed=100 + step)
+        model(pixel_values=pixel_values, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.state_dict()
+
+
 def make_trainer(tmp_path, nullspace_args=None, model=None, **training):
     arguments = tiny_training_args(tmp_path, **training)
     torch.manual_seed(0)
+    if model is None:
+        model = make_tiny_vit()
+        model.load_state_dict(_reading_tiny_vit())
     return NullspaceTrainer(
-        model=model if model is not None else make_tiny_vit(),
+        model=model,
         args=arguments,
         train_dataset=TemplateDataset(),
         nullspace_args=nullspace_args or NullspaceArguments(noise_max_updates=20, noise_refresh_steps=2),
@@ -144,8 +163,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     resumed = make_trainer(tmp_path / "cut", nullspace, **args)
     resumed.train(resume_from_checkpoint=True)
     assert [r["step"] for r in resumed.noise_history] == [0, 2, 4]
-    for a, b in zip(full.noise_bank.noises, resumed.noise_bank.noises):
+    assert not any(r["no_boundary"] for r in full.noise_history)
+    # the checkpoint holds the current noise (step 2); the resumed run then synthesises the one of step 4
+    for a, b in zip(full.noise_bank.noises[1:], resumed.noise_bank.noises, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(full.noise_history, resumed.noise_history, strict=True):
+        assert a["norm"] == pytest.approx(b["norm"], rel=1e-5)
     torch.testing.assert_close(final_weights(resumed), final_weights(full), rtol=0, atol=1e-6)
 
 

@@ -1,5 +1,6 @@
 """Datasets: loading (Hub, local, streaming), transforms, bad-row handling and the robustness benchmark registry."""
 
+from .heldout import HeldOutSplit
 from .imagenet_c import ALEXNET_ERR, IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES
 from .imagenet_classes import IMAGENET_A_INDICES_IN_1K, IMAGENET_A_WNIDS, IMAGENET_R_INDICES_IN_1K, IMAGENET_R_WNIDS
 from .labels import LabelOrderError, align_labels
@@ -19,6 +20,7 @@ from .sources import MissingBenchmarksError, resolve_sources
 from .transforms import EvalTransform, TrainTransform, to_rgb, transforms_from_image_processor
 
 __all__ = [
+    "HeldOutSplit",
     "ALEXNET_ERR",
     "BENCHMARKS",
     "IMAGENET_A_INDICES_IN_1K",

@@ -108,6 +108,7 @@ def load_image_dataset(
     revision: str | None = None,
     token: str | bool | None = None,
     cache_dir: str | None = None,
+    only_split_fallback: bool = True,
 ) -> Dataset | IterableDataset | DatasetDict | IterableDatasetDict:
     """Loads an image dataset from the Hub, a local folder or local data files with `datasets.load_dataset`.
 
@@ -123,7 +124,9 @@ def load_image_dataset(
       With `config_name`, the sub-folder `<config_name>` or `data/<config_name>` is read.
     - local files or a glob (`"shards/*.parquet"`): the builder follows the extension.
 
-    For local sources, a `split` that does not exist is replaced by the only split there is, with a warning.
+    For local sources, a `split` that does not exist is replaced by the only split there is, with a warning (unless
+    `only_split_fallback=False`: then it is an error, e.g. when looking for a validation split, which must never be
+    the training rows).
 
     Args:
         name_or_path (`str`): Hub dataset id, builder name, local folder, file or glob.
@@ -134,6 +137,8 @@ def load_image_dataset(
         revision (`str`, *optional*): Hub revision (branch, tag or commit) to pin.
         token (`str` or `bool`, *optional*): Hub token, needed for gated repos (or set `HF_TOKEN`).
         cache_dir (`str`, *optional*): datasets cache folder.
+        only_split_fallback (`bool`, *optional*, defaults to `True`): For local sources, read the only split there
+            is when `split` does not exist; `False` raises `ValueError` instead.
 
     Returns:
         `Dataset`, `IterableDataset`, `DatasetDict` or `IterableDatasetDict`.
@@ -149,8 +154,11 @@ def load_image_dataset(
             raise ValueError(f"No parquet, arrow, tar or image files found under {directory!r}.")
         found = _local_data_files(directory, builder)
         if split is None and requested is not None:  # the split was a sub-folder: its only split
-            split = next(iter(found)) if len(found) == 1 else _local_split(requested, list(found), name_or_path)
-        split = _local_split(split, list(found), name_or_path)
+            if len(found) == 1 and only_split_fallback:
+                split = next(iter(found))
+            else:
+                split = _local_split(requested, list(found), name_or_path, only_split_fallback)
+        split = _local_split(split, list(found), name_or_path, only_split_fallback)
         if builder == "imagefolder":
             return datasets.load_dataset("imagefolder", data_dir=directory, split=split, **common)
         return datasets.load_dataset(builder, data_files=found, split=split, **common)
@@ -206,10 +214,10 @@ def config_directory(root: str, config_name: str | None, split: str | None) -> t
     return directory, split
 
 
-def _local_split(split: str | None, available: list[str], source: str) -> str | None:
+def _local_split(split: str | None, available: list[str], source: str, fallback: bool = True) -> str | None:
     if split is None or split in available:
         return split
-    if len(available) == 1:
+    if len(available) == 1 and fallback:
         logger.warning("Split %r not found in %s; using its only split %r.", split, source, available[0])
         return available[0]
     raise ValueError(f"Split {split!r} not found in {source}; available splits: {available}.")

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict
 
+from .heldout import HeldOutSplit
 from .imagenet_c import IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES
 from .imagenet_classes import IMAGENET_A_INDICES_IN_1K, IMAGENET_A_WNIDS, IMAGENET_R_INDICES_IN_1K, IMAGENET_R_WNIDS
 from .loading import IMAGE_COLUMN_CANDIDATES, find_columns, load_image_dataset
@@ -85,6 +86,8 @@ class BenchmarkSpec:
         image_size (`int`, *optional*): The size the images are stored at when the benchmark was made already resized
             and centre-cropped (ImageNet-C, DAmageNet, Stylized-ImageNet: 224): they are evaluated at that size
             without a second resize and crop (see `transforms.precropped_transform`).
+        held_out (`HeldOutSplit`, *optional*): Read only the rows of `split` that this selection holds out (data
+            without a validation split, evaluated on the rows a finetuning run did not train on; see `heldout.py`).
     """
 
     name: str
@@ -104,6 +107,7 @@ class BenchmarkSpec:
     display_name: str | None = None
     source_hint: str | None = None
     image_size: int | None = None
+    held_out: HeldOutSplit | None = None
 
     def dataset_card_info(self) -> dict:
         """Dataset fields of a model-index entry: `type` (the Hub repo, or the benchmark name for local data),
@@ -333,6 +337,8 @@ def load_benchmark(spec: BenchmarkSpec, streaming: bool = True, token: str | boo
             f"Benchmark {spec.name!r} has no Hub source: pass a local path, e.g. get_benchmark({spec.name!r}, "
             f"path='/data/{spec.name}'). Source: {spec.source_hint or 'see the benchmark documentation'}."
         )
+    if spec.held_out is not None:  # the held-out rows of a split: selected by index, on the whole split
+        return spec.held_out.apply(load_benchmark(dataclasses.replace(spec, held_out=None), False, token))[1]
     if spec.path is not None:
         return load_image_dataset(spec.path, spec.config_name, spec.split, streaming=streaming)
     return load_image_dataset(
@@ -399,6 +405,8 @@ def open_benchmark(
     import datasets
 
     dataset = load_benchmark(spec, streaming=streaming, token=token)
+    if spec.held_out is not None:
+        num_rows = None  # the held-out part, not the whole split
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         raise ValueError(f"{spec.name}: expected one split, got {list(dataset)}; set the spec's split.")
     if isinstance(dataset, Dataset):

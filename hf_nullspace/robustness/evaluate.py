@@ -16,6 +16,7 @@ number), never from the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter, defaultdict
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..classifier import frozen_eval_mode
 from ..data import SkipCounter, check_label_space, transforms_from_image_processor
 from ..data.labels import LabelOrderError, align_labels, model_label_names
 from ..data.registry import label_names_of, open_benchmark
@@ -316,45 +318,51 @@ def evaluate_robustness(
         logger.warning("bf16 autocast on %s: supported, but meant for GPUs (slow on most CPUs).", device)
     loaded = {name: _load(model, image_processor, token) for name, model in named.items()}
     for model, _, _ in loaded.values():
-        model.to(device).eval()
+        model.to(device)
     by_source = defaultdict(list)
     for evaluation in suite.evaluations:
         by_source[evaluation.source].append(evaluation)
 
-    report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
-    report.num_processes = world
-    for source, evaluations in by_source.items():
-        spec = sources[source]
-        found = resolved.get(source)
-        opened = open_benchmark(spec, token=token, num_rows=getattr(found, "num_rows", None))
-        if opened.label_names is not None and getattr(found, "class_names", None) is None:
-            # the data's class names were not known before loading (a Hub source): check them now
-            names = {source: SimpleNamespace(class_names=opened.label_names)}
-            plans.update(check_models({source: spec}, {n: configs[n] for n in loaded}, names, remap_labels))
-        selections = {e.name: _Selection(sample_cap(e, caps, max_samples), opened.num_rows) for e in evaluations}
-        correct, stats = _score_source(
-            suite,
-            source,
-            spec,
-            opened,
-            evaluations,
-            selections,
-            loaded,
-            plans,
-            batch_size,
-            seed,
-            device,
-            bf16,
-            rank,
-            world,
-            progress and rank == 0,
-        )
-        correct, stats = _merge(correct, stats, world)
-        _check_skips(spec, stats, max_skip_fraction)
-        for evaluation in evaluations:
-            sampling = selections[evaluation.name].describe()
-            for name in loaded:
-                report.add(name, evaluation, spec, correct[(name, evaluation.name)], stats[evaluation.name], sampling)
+    # every model is scored in eval mode; each module's mode and `requires_grad` are restored afterwards
+    with contextlib.ExitStack() as frozen:
+        for model, _, _ in loaded.values():
+            frozen.enter_context(frozen_eval_mode(model))
+        report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
+        report.num_processes = world
+        for source, evaluations in by_source.items():
+            spec = sources[source]
+            found = resolved.get(source)
+            opened = open_benchmark(spec, token=token, num_rows=getattr(found, "num_rows", None))
+            if opened.label_names is not None and getattr(found, "class_names", None) is None:
+                # the data's class names were not known before loading (a Hub source): check them now
+                names = {source: SimpleNamespace(class_names=opened.label_names)}
+                plans.update(check_models({source: spec}, {n: configs[n] for n in loaded}, names, remap_labels))
+            selections = {e.name: _Selection(sample_cap(e, caps, max_samples), opened.num_rows) for e in evaluations}
+            correct, stats = _score_source(
+                suite,
+                source,
+                spec,
+                opened,
+                evaluations,
+                selections,
+                loaded,
+                plans,
+                batch_size,
+                seed,
+                device,
+                bf16,
+                rank,
+                world,
+                progress and rank == 0,
+            )
+            correct, stats = _merge(correct, stats, world)
+            _check_skips(spec, stats, max_skip_fraction)
+            for evaluation in evaluations:
+                sampling = selections[evaluation.name].describe()
+                for name in loaded:
+                    report.add(
+                        name, evaluation, spec, correct[(name, evaluation.name)], stats[evaluation.name], sampling
+                    )
     report.finalize()
     return report
 

@@ -42,6 +42,7 @@ class PixelSpaceClassifier(nn.Module):
     ):
         super().__init__()
         self.model = model
+        self.training = model.training  # the wrapper never switches the model's mode: it takes the model's own
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         if label_subset is None:
@@ -57,16 +58,19 @@ class PixelSpaceClassifier(nn.Module):
         cls, model: nn.Module, processor, label_subset: Sequence[int] | None = None
     ) -> "PixelSpaceClassifier":
         """
-        Builds the wrapper with the normalisation of an image processor.
+        Builds the wrapper with the normalisation of an image processor: its `image_mean` and `image_std` when it has
+        `do_normalize`, else none (mean 0, std 1), as the training data is prepared (`data.transforms`).
 
         Args:
             model (`nn.Module`):
                 The image classifier.
             processor (`BaseImageProcessor`):
-                Its image processor; `image_mean` and `image_std` are used.
+                Its image processor.
             label_subset (`Sequence[int]`, *optional*):
                 Class indices to keep, see the class docstring.
         """
+        if not getattr(processor, "do_normalize", False):
+            return cls(model, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], label_subset=label_subset)
         return cls(model, processor.image_mean, processor.image_std, label_subset=label_subset)
 
     @property
