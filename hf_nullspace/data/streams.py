@@ -211,12 +211,10 @@ def iter_row_range(dataset: IterableDataset, start: int, stop: int | None, tally
     Args:
         dataset (`IterableDataset`): A streamed split (image cells undecoded).
         start (`int`), stop (`int`, *optional*): The range; to the end when `stop` is `None`.
-        tally (`ReadTally`, *optional*): Counts the rows read (passed over or yielded).
+        tally (`ReadTally`, *optional*): Counts the rows read (passed over or yielded) in `read`.
     """
     counts = shard_row_counts(dataset) if dataset.num_shards > 1 else None
     first = 0
-    if tally is not None:
-        tally.filtered = True
     if counts is not None:
         shards, offset = [], 0
         for shard, count in enumerate(counts):
@@ -234,8 +232,6 @@ def iter_row_range(dataset: IterableDataset, start: int, stop: int | None, tally
         if tally is not None:
             tally.read += 1
         if index >= start:
-            if tally is not None:
-                tally.passed += 1
             yield index, row
 
 
