@@ -8,8 +8,8 @@ Every source is streamed once; each row is decoded once and every model is score
 counted per evaluation), so memory stays flat whatever the size. An evaluation reads its own subset of a source's
 rows (all of them, or `max_samples` of them: evenly spaced when the number of rows is known, else the first ones)
 in batches of `batch_size` consecutive subset rows. Under `torch.distributed` (`accelerate launch`, `torchrun`),
-each process scores a contiguous block of each evaluation's batches when the source's size is known, and reads only
-the rows of its blocks (a stream of parquet shards: only the shards that hold them); else batch `k` goes to process
+each process scores the batches that start in its slice of the source when the source's size is known, and reads only
+the rows of those batches (a stream of parquet shards: only the shards that hold them); else batch `k` goes to process
 `k % world_size`, which reads the whole source and decodes its own rows. `RobustnessReport.source_reads` records the
 rows each process read and decoded. The hits are summed over processes after each
 source, so every process returns the same report, equal to the one-process report: attacks draw their random starts
@@ -247,33 +247,34 @@ class _Selection:
 class _Share:
     """Which batches of each evaluation a process scores, and which rows of the source it reads for them.
 
-    When every evaluation's number of rows is known, process `p` of `world` scores a contiguous block of each
-    evaluation's batches (batches `b` with `b * world // num_batches == p`), so it reads one contiguous range of the
-    source: `rows` (`start`, `stop`); a stream of parquet shards opens only the shards of that range
-    (`data.streams.iter_row_range`). Otherwise batch `b` goes to process `b % world` and every process reads the whole
-    source (decoding only its own rows). Batches are the same as on one process either way.
+    When the source's size `total` is known, process `p` of `world` scores the batches (of every evaluation) whose
+    first row lies in its slice of the source, rows `[p * total // world, (p + 1) * total // world)`, so it reads one
+    contiguous range: `rows` (`start`, `stop`), its slice and the rest of its last batches; a stream of parquet
+    shards opens only the shards of that range (`data.streams.iter_row_range`). Otherwise batch `b` goes to process
+    `b % world` and every process reads the whole source (decoding only its own rows). The batches are those of one
+    process either way.
     """
 
     def __init__(self, selections: Mapping[str, _Selection], batch_size: int, rank: int, world: int):
         self.rank, self.world, self.batch_size = rank, world, batch_size
-        counts = {name: selection.count for name, selection in selections.items()}
-        self.blocks = world > 1 and all(count is not None for count in counts.values())
-        self.num_batches = {name: -(-count // batch_size) for name, count in counts.items() if count is not None}
+        self.selections = selections
+        totals = {selection.total for selection in selections.values()}
+        self.total = totals.pop() if len(totals) == 1 else None
+        self.blocks = world > 1 and self.total is not None
         self.rows: tuple[int, int | None] = (0, None)
         if self.blocks:
             ranges = []
             for name, selection in selections.items():
-                batches = self.num_batches[name]
-                first = -(-rank * batches // world)
-                end = -(-(rank + 1) * batches // world)
-                if end > first:
-                    last_position = min(end * batch_size, counts[name]) - 1
-                    ranges.append((selection.index(first * batch_size), selection.index(last_position) + 1))
+                owned = [b for b in range(-(-selection.count // batch_size)) if self.owns(name, b)]
+                if owned:
+                    last_position = min((owned[-1] + 1) * batch_size, selection.count) - 1
+                    ranges.append((selection.index(owned[0] * batch_size), selection.index(last_position) + 1))
             self.rows = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (0, 0)
 
     def owns(self, name: str, batch: int) -> bool:
         if self.blocks:
-            return batch * self.world // self.num_batches[name] == self.rank
+            first_row = self.selections[name].index(batch * self.batch_size)
+            return first_row * self.world // self.total == self.rank
         return batch % self.world == self.rank
 
 
