@@ -2,6 +2,7 @@
 there), and a streamed run that resumes from the saved stream position without reading trained rows again."""
 
 import io
+import json
 import os
 import shutil
 
@@ -236,3 +237,29 @@ def test_without_a_saved_position_the_resume_reads_again_and_says_so(tmp_path, s
     assert second.stream_reads["rows_reread_on_resume"] == 12
     assert second.stream_reads["resumed_from_stream_position"] is False
     shutil.rmtree(out)
+
+
+def test_the_job_records_each_process_reads_in_its_results(tmp_path, shards):
+    from hf_nullspace.finetune import main
+
+    out = str(tmp_path / "job")
+    argv = [
+        "--dataset_name", shards, "--model_name_or_path", save_model(tmp_path / "model"), "--output_dir", out,
+        "--streaming", "true", "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no",
+        "--noise_max_updates", "2", "--use_cpu", "true", "--report_to", "none", "--dataloader_num_workers", "0",
+        "--disable_tqdm", "true", "--eval_strategy", "no", "--do_train", "--robustness_suite", "none",
+    ]  # fmt: skip
+    main(argv)
+    with open(os.path.join(out, "results.json")) as handle:
+        results = json.load(handle)
+    assert results["train_stream_reads"] == [
+        {
+            "process_index": 0,
+            "num_processes": 1,
+            "split": "one process",
+            "rows_read": 8,
+            "rows_decoded": 8,
+            "rows_reread_on_resume": 0,
+            "resumed_from_stream_position": None,
+        }
+    ]
