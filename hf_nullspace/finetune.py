@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import transformers
-from datasets import ClassLabel, Value
+from datasets import ClassLabel
 from transformers import (
     AutoImageProcessor,
     HfArgumentParser,
@@ -36,6 +36,7 @@ from .data import (
 )
 from .data.bundled import ASSETS
 from .data.heldout import HeldOutSplit, carve_held_out, held_out_spec, scored_rows
+from .data.streams import ReadTally, keyed_stream, split_stream
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
 from .noise_bank import last_complete_checkpoint
 from .trainer import NullspaceTrainer
@@ -290,16 +291,19 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
         "train": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
         "eval": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
     }
-    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes
+    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes; a stream
+    # is keyed by the one-process index and split per process before decoding (data/streams.py)
     if data_args.streaming:
-        features = (train_raw.features or train_raw._resolve_features().features).copy()
-        features[ROW_KEY] = Value("int64")
-        train_raw = train_raw.map(lambda _, i: {ROW_KEY: i}, with_indices=True, features=features)
+        tally = ReadTally()
+        train_raw = keyed_stream(train_raw, ROW_KEY, tally)
+        train_raw = split_stream(train_raw, ROW_KEY, training_args.process_index, training_args.world_size, tally)
     else:
         train_raw = train_raw.add_column(ROW_KEY, list(range(len(train_raw))))
     prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels))
+    # a stream decodes one training batch at a time, so that its saved position falls between two batches
+    batch = training_args.per_device_train_batch_size if data_args.streaming else 64
     train_dataset = prepare_dataset(
-        train_raw, train_transform, counter=counters["train"], key_column=ROW_KEY, **prepare
+        train_raw, train_transform, counter=counters["train"], key_column=ROW_KEY, batch_size=batch, **prepare
     )
     eval_dataset = (
         prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
@@ -469,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         metrics["train"] = train_result.metrics
+        if (stream_reads := trainer.gather_stream_reads()) is not None:  # per process, see stream_training.py
+            metrics["train_stream_reads"] = stream_reads
         clock.mark("train")
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()

@@ -15,12 +15,13 @@ from .config import NullspaceArguments
 from .embedding import NoiseHook, find_patch_embedding
 from .hub import RunPublishingMixin
 from .noise_bank import NoiseBank, last_complete_checkpoint
+from .stream_training import StreamedTrainingMixin
 from .synthesis import synthesize_noise
 
 logger = logging.getLogger(__name__)
 
 
-class NullspaceTrainer(RunPublishingMixin, Trainer):
+class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
     """
     A [`~transformers.Trainer`] that finetunes on epsilon-approximate nullspace noise.
 

@@ -8,7 +8,10 @@ Every source is streamed once; each row is decoded once and every model is score
 counted per evaluation), so memory stays flat whatever the size. An evaluation reads its own subset of a source's
 rows (all of them, or `max_samples` of them: evenly spaced when the number of rows is known, else the first ones)
 in batches of `batch_size` consecutive subset rows. Under `torch.distributed` (`accelerate launch`, `torchrun`),
-batch `k` of an evaluation is scored by process `k % world_size`; the hits are summed over processes after each
+each process scores the batches that start in its slice of the source when the source's size is known, and reads only
+the rows of those batches (a stream of parquet shards: only the shards that hold them); else batch `k` goes to process
+`k % world_size`, which reads the whole source and decodes its own rows. `RobustnessReport.source_reads` records the
+rows each process read and decoded. The hits are summed over processes after each
 source, so every process returns the same report, equal to the one-process report: attacks draw their random starts
 per example (from the seed and the row's index) and on-the-fly corruptions per batch (from the seed and the batch's
 number), never from the process.
@@ -33,6 +36,7 @@ from ..data.labels import LabelOrderError, align_labels, model_label_names
 from ..data.registry import label_names_of, open_benchmark
 from ..data.rows import SKIP_KINDS, read_row
 from ..data.sources import resolve_sources
+from ..data.streams import ReadTally, iter_row_range
 from ..data.transforms import precropped_transform
 from .attacks import run_attack
 from .corruptions import corrupt
@@ -212,6 +216,21 @@ class _Selection:
             return ((index + 1) * self.cap) // self.total > (index * self.cap) // self.total
         return index < self.cap
 
+    def position(self, index: int) -> int:
+        """The place of a selected row `index` among the selected rows."""
+        return (index * self.cap) // self.total if self.spaced else index
+
+    def index(self, position: int) -> int:
+        """The row at `position` among the selected rows (the inverse of `position`)."""
+        return -((-(position + 1) * self.total) // self.cap) - 1 if self.spaced else position
+
+    @property
+    def count(self) -> int | None:
+        """Rows selected (`None` when the source's size is not known and not capped below it)."""
+        if self.total is None:
+            return None
+        return self.total if self.cap is None else min(self.cap, self.total)
+
     @property
     def last(self) -> int | None:
         """Rows to read for this selection (`None`: to the end)."""
@@ -225,6 +244,40 @@ class _Selection:
         if self.spaced:
             return {"max_samples": self.cap, "selection": f"evenly spaced over the {self.total} rows"}
         return {"max_samples": self.cap, "selection": "the first rows" + ("" if self.total else " (size unknown)")}
+
+
+class _Share:
+    """Which batches of each evaluation a process scores, and which rows of the source it reads for them.
+
+    When the source's size `total` is known, process `p` of `world` scores the batches (of every evaluation) whose
+    first row lies in its slice of the source, rows `[p * total // world, (p + 1) * total // world)`, so it reads one
+    contiguous range: `rows` (`start`, `stop`), its slice and the rest of its last batches; a stream of parquet
+    shards opens only the shards of that range (`data.streams.iter_row_range`). Otherwise batch `b` goes to process
+    `b % world` and every process reads the whole source (decoding only its own rows). The batches are those of one
+    process either way.
+    """
+
+    def __init__(self, selections: Mapping[str, _Selection], batch_size: int, rank: int, world: int):
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.selections = selections
+        totals = {selection.total for selection in selections.values()}
+        self.total = totals.pop() if len(totals) == 1 else None
+        self.blocks = world > 1 and self.total is not None
+        self.rows: tuple[int, int | None] = (0, None)
+        if self.blocks:
+            ranges = []
+            for name, selection in selections.items():
+                owned = [b for b in range(-(-selection.count // batch_size)) if self.owns(name, b)]
+                if owned:
+                    last_position = min((owned[-1] + 1) * batch_size, selection.count) - 1
+                    ranges.append((selection.index(owned[0] * batch_size), selection.index(last_position) + 1))
+            self.rows = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (0, 0)
+
+    def owns(self, name: str, batch: int) -> bool:
+        if self.blocks:
+            first_row = self.selections[name].index(batch * self.batch_size)
+            return first_row * self.world // self.total == self.rank
+        return batch % self.world == self.rank
 
 
 def _example_seed(seed: int, index: int) -> int:
@@ -329,6 +382,8 @@ def evaluate_robustness(
             frozen.enter_context(frozen_eval_mode(model))
         report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
         report.num_processes = world
+        # per source, per process: {"process_index", "rows_read", "rows_decoded"} (see `_Share`)
+        report.source_reads = {}
         for source, evaluations in by_source.items():
             spec = sources[source]
             found = resolved.get(source)
@@ -338,7 +393,7 @@ def evaluate_robustness(
                 names = {source: SimpleNamespace(class_names=opened.label_names)}
                 plans.update(check_models({source: spec}, {n: configs[n] for n in loaded}, names, remap_labels))
             selections = {e.name: _Selection(sample_cap(e, caps, max_samples), opened.num_rows) for e in evaluations}
-            correct, stats = _score_source(
+            correct, stats, reads = _score_source(
                 suite,
                 source,
                 spec,
@@ -356,6 +411,7 @@ def evaluate_robustness(
                 progress and rank == 0,
             )
             correct, stats = _merge(correct, stats, world)
+            report.source_reads[source] = _gather_reads(reads, world)
             _check_skips(spec, stats, max_skip_fraction)
             for evaluation in evaluations:
                 sampling = selections[evaluation.name].describe()
@@ -397,7 +453,12 @@ def _score_source(
 
     last = [selections[e.name].last for e in evaluations]
     read_limit = None if any(limit is None for limit in last) else max(last)
-    positions = {e.name: 0 for e in evaluations}
+    share = _Share(selections, batch_size, rank, world)
+    reads = ReadTally()
+    reads.filtered = True  # rows passed on: those decoded
+    start, stop = share.rows
+    if not share.blocks and read_limit is not None:
+        stop = read_limit
     buffers: dict[str, dict] = {e.name: {"batch": None, "rows": []} for e in evaluations}
     correct: Counter = Counter()
     stats = {e.name: _stats() for e in evaluations}
@@ -408,19 +469,19 @@ def _score_source(
             _score_batch(evaluation, buffer["batch"], buffer["rows"], pipelines, correct, seed, device, bf16)
         buffer["rows"] = []
 
-    rows = tqdm(opened.rows, desc=f"{suite.name}: {source}", unit="row", disable=not progress)
-    for index, row in enumerate(rows):
-        if read_limit is not None and index >= read_limit:
-            break
+    rows = iter_row_range(opened.rows, start, stop, reads)
+    rows = tqdm(rows, desc=f"{suite.name}: {source}", unit="row", disable=not progress)
+    for index, row in rows:
         owned = []
         for evaluation in evaluations:
-            if index in selections[evaluation.name]:
-                batch = positions[evaluation.name] // batch_size
-                positions[evaluation.name] += 1
-                if batch % world == rank:
+            selection = selections[evaluation.name]
+            if index in selection:
+                batch = selection.position(index) // batch_size
+                if share.owns(evaluation.name, batch):
                     owned.append((evaluation, batch))
         if not owned:
             continue
+        reads.passed += 1
         image, label, kind, converted = read_row(
             [row[column] for column in opened.image_columns],
             row[opened.label_column],
@@ -447,7 +508,7 @@ def _score_source(
             buffer["rows"].append((dict(tensors), label, index))
     for evaluation in evaluations:
         flush(evaluation)
-    return correct, stats
+    return correct, stats, {"process_index": rank, **reads.as_dict()}
 
 
 def _score_batch(evaluation, batch, rows, pipelines, correct, seed, device, bf16) -> None:
@@ -473,6 +534,15 @@ def _attacked(classifier, images: torch.Tensor, labels: torch.Tensor, evaluation
     if evaluation.attack in _SEEDED_ATTACKS:
         params.setdefault("generator", [torch.Generator().manual_seed(_example_seed(seed, i)) for i in indices])
     return run_attack(evaluation.attack, classifier, images, labels, **params)
+
+
+def _gather_reads(reads: dict, world: int) -> list[dict]:
+    """Every process's reads of a source, in process order."""
+    if world == 1:
+        return [reads]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, reads)
+    return gathered
 
 
 def _merge(correct: Counter, stats: dict, world: int):
