@@ -127,13 +127,6 @@ class NullspaceArguments:
     noise_warm_start: bool = field(
         default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
     )
-    noise_synthesis_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Synthesise on the first k rows of the batch, hold out the rest (unset: whole batch)."},
-    )
-    noise_warm_start: bool = field(
-        default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
-    )
     noisy_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight beta of the noisy loss: CE(clean) + beta * CE(noisy)."}
     )
