@@ -220,12 +220,13 @@ def _hub_group(result: EvalResult) -> tuple:
 def _robustness_eval_results(finetuned: dict, taken: list[EvalResult]) -> list[EvalResult]:
     """
     The model-index entries of the finetuned model's robustness results, each in a Hub group of its own (see the
-    module docstring): the suite's clean accuracy is left out when `Trainer.evaluate()`'s is there on the same split
-    (the clean accuracy appears once); an entry whose group is taken (an attack or an on-the-fly corruption of the
-    clean data) takes the evaluation's name as its dataset config; pseudo-datasets (the paper's Average) stay out.
+    module docstring): the suite's clean accuracy is left out when `Trainer.evaluate()`'s is there on the same data
+    and split (the clean accuracy appears once); an entry whose group is taken (an attack or an on-the-fly corruption
+    of the clean data) takes the evaluation's name as its dataset config; pseudo-datasets (the paper's Average) stay
+    out.
     """
     groups = {_hub_group(result) for result in taken}
-    clean_splits = {result.dataset_split for result in taken if result.metric_type == "accuracy"}
+    clean_data = {(result.dataset_type, result.dataset_split) for result in taken if result.metric_type == "accuracy"}
     eval_results = []
     for result in finetuned.get("results", []):
         value = result.get("value")
@@ -233,7 +234,7 @@ def _robustness_eval_results(finetuned: dict, taken: list[EvalResult]) -> list[E
             continue
         if result["dataset_type"] == PAPER_AVERAGE_DATASET["dataset_type"]:
             continue
-        if result["benchmark"] == "clean" and result.get("dataset_split") in clean_splits:
+        if result["benchmark"] == "clean" and (result["dataset_type"], result.get("dataset_split")) in clean_data:
             continue
         benchmark = readable_benchmark(result["benchmark"])
         label = METRICS.get(result["metric"], (result["metric"], False, 0))[0]
