@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -221,13 +222,12 @@ def _robustness_eval_results(finetuned: dict, taken: list[EvalResult]) -> list[E
     """
     The model-index entries of the finetuned model's robustness results, each in a Hub group of its own (see the
     module docstring): the suite's clean accuracy is left out when `Trainer.evaluate()`'s is there on the same data
-    and split (the clean accuracy appears once); an entry whose group is taken (an attack or an on-the-fly corruption
-    of the clean data) takes the evaluation's name as its dataset config; pseudo-datasets (the paper's Average) stay
-    out.
+    and split (the clean accuracy appears once); an evaluation with an entry in a taken group (an attack or an
+    on-the-fly corruption of the clean data) takes its name as the dataset config of all its entries; pseudo-datasets
+    (the paper's Average) stay out.
     """
-    groups = {_hub_group(result) for result in taken}
     clean_data = {(result.dataset_type, result.dataset_split) for result in taken if result.metric_type == "accuracy"}
-    eval_results = []
+    candidates = []
     for result in finetuned.get("results", []):
         value = result.get("value")
         if value is None or not math.isfinite(value):
@@ -251,11 +251,17 @@ def _robustness_eval_results(finetuned: dict, taken: list[EvalResult]) -> list[E
             metric_value=_rounded(result["metric"], value),
             metric_args=result.get("params") or None,
         )
+        candidates.append((benchmark, entry))
+    counts = Counter(_hub_group(entry) for entry in taken) + Counter(_hub_group(entry) for _, entry in candidates)
+    renamed = {name for name, entry in candidates if counts[_hub_group(entry)] > 1 and name != "clean"}
+    groups = {_hub_group(entry) for entry in taken}
+    eval_results = []
+    for benchmark, entry in candidates:
+        if benchmark in renamed:
+            own = entry.dataset_config
+            entry.dataset_config = f"{own}/{benchmark}" if own else benchmark
         if _hub_group(entry) in groups:
-            own = result.get("dataset_config")
-            entry.dataset_config = f"{own}/{benchmark}" if own and not benchmark.startswith(own) else benchmark
-        if _hub_group(entry) in groups:
-            logger.warning(f"Two robustness results of the model-index share {_hub_group(entry)}: kept the first.")
+            logger.warning(f"Two results of the model-index share {_hub_group(entry)}: kept the first.")
             continue
         groups.add(_hub_group(entry))
         eval_results.append(entry)

@@ -67,6 +67,10 @@ def test_attacks_and_corruptions_keep_their_identity_and_the_clean_accuracy_appe
     assert {"fgsm@0.02", "fgsm@0.1", "pgd@0.05", "corruption/contrast", "corruptions"} <= set(configs)
     assert "contrast" in configs["corruption/contrast"].dataset_name
     assert configs["fgsm@0.1"].metric_args["epsilon"] == pytest.approx(0.1)
+    # every entry of an evaluation is in its group: the corruptions' mean accuracy and relative mCE together
+    aggregate = [e for e in entries if e.metric_name.startswith("corruptions ")]
+    assert sorted(e.metric_type for e in aggregate) == ["accuracy", "relative_mce"]
+    assert {e.dataset_config for e in aggregate} == {"corruptions"}
 
 
 def test_attack_budgets_read_as_fractions_of_1_255_and_no_pseudo_dataset():
