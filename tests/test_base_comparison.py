@@ -1,6 +1,7 @@
 """Compare only what is comparable: a model is scored on data whose classes its labels cover, by name."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from hf_nullspace.card import build_model_card
 from hf_nullspace.cli import main as cli
 from hf_nullspace.data import spec_from_source
 from hf_nullspace.data.labels import LabelCoverageError, label_coverage
+from hf_nullspace.finetune import main as finetune_main
 from hf_nullspace.finetune import no_base_comparison
 from hf_nullspace.robustness import Evaluation, Suite, evaluate_robustness
 
@@ -38,20 +40,21 @@ def tiny_vit(names: list[str]) -> ViTForImageClassification:
     return ViTForImageClassification(config).eval()
 
 
-def write_shapes(path, num: int = 6) -> str:
-    """A parquet `test` split of random 16x16 images labelled circle, square or triangle."""
+def write_shapes(path, num: int = 6, splits=("test",)) -> str:
+    """Parquet splits of random 16x16 images labelled circle, square or triangle."""
     rng = np.random.default_rng(0)
-    images = []
-    for _ in range(num):
-        buffer = io.BytesIO()
-        PILImage.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
-        images.append({"bytes": buffer.getvalue(), "path": None})
     features = Features({"image": Image(), "label": ClassLabel(names=SHAPES)})
     os.makedirs(path, exist_ok=True)
-    labels = [i % len(SHAPES) for i in range(num)]
-    Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
-        os.path.join(path, "test.parquet")
-    )
+    for split in splits:
+        images = []
+        for _ in range(num):
+            buffer = io.BytesIO()
+            PILImage.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+        labels = [i % len(SHAPES) for i in range(num)]
+        Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+            os.path.join(path, f"{split}.parquet")
+        )
     return str(path)
 
 
@@ -95,6 +98,30 @@ def test_the_main_job_scores_the_base_model_only_when_comparable(tmp_path):
     other = no_base_comparison(suite, {}, tiny_vit(["dog", "cat", "bird"]).config, finetuned)
     assert "its labels are other classes than the data's" in other and "'circle'" in other
     assert no_base_comparison(suite, {}, tiny_vit(["triangle", "circle", "square"]).config, finetuned) is None
+
+
+@pytest.mark.slow
+def test_a_run_with_a_replaced_head_reports_the_finetuned_model_alone(tmp_path):
+    base = tmp_path / "digits"
+    tiny_vit(DIGITS).save_pretrained(base)
+    PROCESSOR.save_pretrained(base)
+    data = write_shapes(tmp_path / "shapes", num=8, splits=("train", "test"))
+    out = tmp_path / "out"
+    results = finetune_main(
+        [
+            *("--model_name_or_path", str(base), "--dataset_name", data, "--output_dir", str(out)),
+            *("--ignore_mismatched_sizes", "true", "--max_steps", "1", "--per_device_train_batch_size", "4"),
+            *("--noise_refresh_steps", "1", "--noise_max_updates", "2", "--save_strategy", "no", "--use_cpu", "true"),
+            *("--report_to", "none", "--dataloader_num_workers", "0", "--disable_tqdm", "true"),
+            *("--robustness_suite", "attacks", "--robustness_max_samples", "4", "--license", "mit"),
+        ]
+    )
+    assert [model["name"] for model in results.robustness["models"]] == ["finetuned"]
+    assert "its classifier head has 10 labels and was replaced" in results.no_base_comparison
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["no_base_comparison"] == results.no_base_comparison
+    card = (out / "README.md").read_text()
+    assert f"**No comparison with the base model:** {results.no_base_comparison}" in card
 
 
 def test_the_card_says_why_there_is_no_base_comparison():
