@@ -2,7 +2,7 @@
 
 from .adversarial import ADVERSARIAL_MODES, AdversarialArguments
 from .analysis import convex_closure, noise_to_pixels, permuted_control, scaling_closure
-from .card import build_model_card, collect_results, write_model_card
+from .card import build_model_card, write_model_card
 from .classifier import load_classifier
 from .config import NullspaceArguments
 from .embedding import PATCH_EMBEDDING_MODULES, UnsupportedModelError, find_patch_embedding, inject_noise, noise_shape
@@ -10,6 +10,7 @@ from .hub import push_run
 from .lora import LoraArguments, apply_lora, merge_lora
 from .noise_bank import NoiseBank
 from .nullspace import PatchNullspace, patch_embedding_nullspace
+from .results import RunResults
 from .robustness import evaluate_robustness
 from .synthesis import NoiseSynthesisResult, epsilon_statistic, synthesize_noise
 from .trainer import NullspaceTrainer
@@ -26,10 +27,10 @@ __all__ = [
     "NullspaceArguments",
     "NullspaceTrainer",
     "PatchNullspace",
+    "RunResults",
     "UnsupportedModelError",
     "apply_lora",
     "build_model_card",
-    "collect_results",
     "convex_closure",
     "epsilon_statistic",
     "evaluate_robustness",

@@ -161,23 +161,6 @@ def trades_attack(
     return adv.detach()
 
 
-def _reduce(trainer, per_example: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-    """A per-example loss reduced as `NullspaceTrainer._classification_loss` reduces the cross-entropy."""
-    scaled = trainer.model_accepts_loss_kwargs and num_items_in_batch is not None
-    if not scaled:
-        return per_example.mean()
-    loss = per_example.sum() / (
-        num_items_in_batch.to(per_example.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
-    )
-    if trainer.args.average_tokens_across_devices:
-        loss = loss * (
-            trainer.accelerator.num_processes // trainer.get_tp_size()
-            if trainer.args.n_gpu <= 1
-            else trainer.args.n_gpu
-        )
-    return loss
-
-
 class AdversarialTraining:
     """
     The adversarial-training part of [`NullspaceTrainer`] for `nullspace_mode` `"madry"` and `"trades"`: makes the
@@ -264,14 +247,15 @@ class AdversarialTraining:
         else:
             outputs = model(pixel_values=pixel_values, **extra)
             clean_logits, adv_logits = outputs.logits, model(pixel_values=adv_pixel_values, **extra).logits
-        clean_loss = trainer._classification_loss(clean_logits, labels, num_items_in_batch)
+        reduction = trainer.loss_reduction
+        clean_loss = reduction.cross_entropy(clean_logits, labels, num_items_in_batch)
         if self.mode == "madry":
-            adv_loss = trainer._classification_loss(adv_logits, labels, num_items_in_batch)
+            adv_loss = reduction.cross_entropy(adv_logits, labels, num_items_in_batch)
         else:
             per_example = F.kl_div(
                 adv_logits.float().log_softmax(dim=-1), clean_logits.float().softmax(dim=-1), reduction="none"
             ).sum(dim=-1)
-            adv_loss = _reduce(trainer, per_example, num_items_in_batch)
+            adv_loss = reduction.reduce(per_example, num_items_in_batch)
         loss = clean_loss + self.args.adversarial_beta * adv_loss
         with torch.no_grad():  # accumulated on the device: no synchronisation per step
             stats = torch.stack(

@@ -4,7 +4,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 
 def _finetune(args, rest):
@@ -15,9 +14,9 @@ def _finetune(args, rest):
 
 def _evaluate(args, rest):
     from .data import spec_from_source
-    from .finetune import parse_pairs
     from .robustness import evaluate_robustness, get_suite
     from .robustness.evaluate import init_process_group, process_group
+    from .robustness.suites import parse_pairs
 
     names = args.names.split(",") if args.names else [os.path.basename(m.rstrip("/")) or m for m in args.models]
     if len(names) != len(args.models):
@@ -105,15 +104,14 @@ def _nullspace(args, rest):
 
 
 def _card(args, rest):
-    from .card import RESULTS_FILE, save_results, write_model_card
+    from .card import write_model_card
+    from .results import RunResults
 
+    results = RunResults.load(args.output_dir)  # a finished run folder
     if args.license:  # recorded in results.json too, so a later push keeps it
-        results = json.loads((Path(args.output_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
-        results["license"] = args.license
-        for key in ("license_name", "license_link"):
-            results.pop(key, None)
-        save_results(args.output_dir, results)
-    print(f"Card: {write_model_card(args.output_dir, repo_id=args.repo_id, revision=args.revision)}")
+        results = results.with_license(args.license)
+        results.save(args.output_dir)
+    print(f"Card: {write_model_card(args.output_dir, results, repo_id=args.repo_id, revision=args.revision)}")
 
 
 def _push(args, rest):
@@ -161,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable, e.g. --cap attack=5000 --cap corruption=all",
     )
     evaluate.add_argument(
-        "--remap-labels", action="store_true", help="score a head whose classes are permuted by class name"
+        "--remap-labels",
+        action="store_true",
+        help="score a model by class name whose labels are the data's classes in another order, or (by name where "
+        "names match, else by position) one whose labels do not cover the data's classes; both are refused otherwise",
     )
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs)")
     evaluate.add_argument("--corruptions", nargs="+", help="only these corruptions (a subset gives a partial mCE)")

@@ -39,6 +39,7 @@ from .data.heldout import HeldOutSplit, carve_held_out, held_out_spec, scored_ro
 from .data.streams import ReadTally, keyed_stream, split_stream
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
 from .noise_bank import last_complete_checkpoint
+from .results import DatasetRef, RunResults
 from .trainer import NullspaceTrainer
 
 logger = logging.getLogger(__name__)
@@ -347,29 +348,12 @@ def robustness_data(data_args):
     return held_out_spec(spec, data_args.held_out)
 
 
-def parse_pairs(entries: list[str] | None, what: str, as_int: bool = False) -> dict:
-    """`["a=1", "b=all"]` -> `{"a": "1", "b": "all"}` (ints, `all` -> `None`, with `as_int`)."""
-    pairs = {}
-    for entry in entries or []:
-        key, sep, value = entry.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"{what} takes KEY=VALUE entries; got {entry!r}.")
-        if as_int:
-            if value.lower() in ("all", "none"):
-                value = None
-            elif value.isdigit() and int(value) > 0:
-                value = int(value)
-            else:
-                raise ValueError(f"{what}: {entry!r} needs a positive number of images or `all`.")
-        pairs[key] = value
-    return pairs
-
-
 def robustness_suite(data_args):
     """The `Suite` the job scores at the end (`None` without `--robustness_suite`)."""
     if data_args.robustness_suite in (None, "none"):
         return None
     from .robustness import get_suite
+    from .robustness.suites import parse_pairs
 
     paths = parse_pairs(data_args.robustness_paths, "--robustness_paths")
     return get_suite(
@@ -381,16 +365,41 @@ def robustness_suite(data_args):
     )
 
 
-def check_robustness_sources(suite, token=None, include_data: bool = True) -> dict:
-    """Resolves every source of `suite` (local layout or Hub repo) before any work; raises one error naming each
-    missing benchmark. `include_data=False` leaves out the clean data (the run's eval split, known only once
-    `build_trainer` has looked for it)."""
+def resolve_robustness_sources(suite, token=None, names=None) -> dict:
+    """Resolves the sources `names` of `suite` (all by default; local layout or Hub repo) before any work; raises one
+    error naming each missing benchmark. The outcome is handed to `evaluate_robustness`, which resolves nothing
+    again."""
     from .data.sources import resolve_sources
 
     sources = suite.sources()
-    if not include_data:
-        sources.pop("data", None)
-    return resolve_sources(sources, token=token, suite_name=suite.name)
+    if names is not None:
+        sources = {name: spec for name, spec in sources.items() if name in names}
+    return resolve_sources(sources, token=token, suite_name=suite.name) if sources else {}
+
+
+def no_base_comparison(suite, resolved, base_config, finetuned_config) -> str | None:
+    """
+    Why the base model is not scored beside the finetuned one, or `None` when it is comparable: its head was replaced
+    (another number of labels), or its named classes do not cover the classes of the run's own data (by name, as
+    `data.labels.label_coverage` decides; the data's names are the finetuned model's labels when the source does not
+    say them before loading).
+    """
+    from .data.labels import label_coverage, model_label_names
+    from .data.registry import label_names_of
+
+    if base_config.num_labels != finetuned_config.num_labels:
+        return (
+            f"its classifier head has {base_config.num_labels} labels and was replaced by one for the data's "
+            f"{finetuned_config.num_labels} classes, so its predictions are not the data's classes."
+        )
+    for source, spec in suite.sources().items():
+        if spec.label_space != "custom":
+            continue
+        names = getattr(resolved.get(source), "class_names", None) or model_label_names(finetuned_config)
+        reason = label_coverage(model_label_names(base_config), label_names_of(spec, names))
+        if reason:
+            return f"its labels are other classes than the data's: {reason}."
+    return None
 
 
 def _shown(path: str) -> str:
@@ -415,8 +424,10 @@ class StageClock:
         logger.info("Stage %r took %.1f s", stage, self.seconds[stage])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
+def main(argv: list[str] | None = None) -> RunResults | None:
+    """Runs the whole job and returns its results (also in `output_dir/results.json`), on the main process."""
+    from .robustness.suites import parse_pairs
+
     model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -432,27 +443,35 @@ def main(argv: list[str] | None = None) -> dict:
     # fail fast: every benchmark of the robustness suite is found before any data or model is loaded
     suite = robustness_suite(data_args)
     caps = parse_pairs(data_args.robustness_sample_caps, "--robustness_sample_caps", as_int=True)
+    resolved = {}
     if suite is not None:
         from .robustness.evaluate import check_sample_caps
 
         check_sample_caps(suite, caps)
-        check_robustness_sources(suite, token=model_args.token, include_data=False)
+        resolved = resolve_robustness_sources(suite, token=model_args.token, names=set(suite.sources()) - {"data"})
         clock.mark("robustness sources check")
 
     trainer, counters = build_trainer(
         model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args
     )
     clock.mark("data, model and trainer")
+    models = {"base": model_args.model_name_or_path, "finetuned": None}
+    not_compared = None
     if suite is not None:
-        # the eval split is known now: the clean data and every model's labels are checked before training
+        # the eval split is known now: the clean data (the only source not resolved yet) and every model's labels are
+        # checked before training; the outcome is handed to the evaluation, which checks no source again
         from .robustness.evaluate import check_attacks, check_models
 
         suite = robustness_suite(data_args)
-        resolved = check_robustness_sources(suite, token=model_args.token)
+        resolved.update(resolve_robustness_sources(suite, token=model_args.token, names={"data"}))
         base_config = transformers.AutoConfig.from_pretrained(
             model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token
         )
+        not_compared = no_base_comparison(suite, resolved, base_config, trainer.model.config)
         configs = {"base": base_config, "finetuned": trainer.model.config}
+        if not_compared is not None:
+            logger.warning("The base model is not scored beside the finetuned one: %s", not_compared)
+            del models["base"], configs["base"]
         check_models(suite.sources(), configs, resolved, remap=data_args.robustness_remap_labels)
         check_attacks(suite, configs)
         clock.mark("robustness data and label check")
@@ -463,31 +482,32 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("Resuming from %s, the newest complete checkpoint in the output folder.", checkpoint)
 
     metrics = {}
+    lora = None
     if training_args.do_train or not training_args.do_eval:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         if lora_args.merge_lora:  # the output folder (and the push) hold the merged plain model, not the adapter
-            trainer.run_info["lora"] = lora_summary(trainer.accelerator.unwrap_model(trainer.model), merged=True)
+            lora = lora_summary(trainer.accelerator.unwrap_model(trainer.model), merged=True)
             merge_into_trainer(trainer)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         metrics["train"] = train_result.metrics
-        if (stream_reads := trainer.gather_stream_reads()) is not None:  # per process, see stream_training.py
-            metrics["train_stream_reads"] = stream_reads
+        # per process, see stream_training.py
+        metrics["train_stream_reads"] = trainer.gather_stream_reads()
         clock.mark("train")
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
         trainer.log_metrics("eval", metrics["eval"])
         trainer.save_metrics("eval", metrics["eval"])
         clock.mark("eval")
-    metrics["skipped_rows"] = {split: counter.as_dict() for split, counter in counters.items()}
     report = None
     if suite is not None:  # every process scores its share; all get the merged report
         from .robustness import evaluate_robustness
 
+        models["finetuned"] = trainer.accelerator.unwrap_model(trainer.model)
         report = evaluate_robustness(
-            {"base": model_args.model_name_or_path, "finetuned": trainer.accelerator.unwrap_model(trainer.model)},
+            models,
             image_processor=trainer.processing_class,
             suite=suite,
             max_samples=data_args.robustness_max_samples,
@@ -499,52 +519,55 @@ def main(argv: list[str] | None = None) -> dict:
             remap_labels=data_args.robustness_remap_labels,
             bf16=data_args.robustness_bf16,
             progress=not training_args.disable_tqdm,
+            resolved_sources=resolved,
         )
         clock.mark("robustness evaluation")
     if not trainer.is_world_process_zero():
-        return metrics
+        return None
 
     output_dir = training_args.output_dir
     for split, counter in counters.items():
         log = logger.warning if counter.skipped else logger.info
         log("Rows of the %s data read, skipped and converted: %s", split, counter.as_dict())
-    trainer.run_info.update(
-        base_model=_shown(model_args.model_name_or_path),
-        dataset={
-            "name": _shown(data_args.dataset_name),
-            "config": data_args.dataset_config_name,
-            "split": data_args.train_split,
-        },
-        eval_dataset={
-            "name": _shown(data_args.dataset_name),
-            "config": data_args.dataset_config_name,
-            "split": data_args.eval_split,
-        }
-        if trainer.eval_dataset is not None
-        else None,
-        eval_rows=scored_rows(data_args.eval_split, _num_rows(trainer.eval_dataset), data_args.held_out)
-        if trainer.eval_dataset is not None
-        else None,
-        **({"license": model_args.license} if model_args.license else {}),
-        **metrics,
-    )
+    robustness, figures = None, []
     if report is not None:
-        figures = report.save(output_dir)
+        figures = [os.path.basename(f) for f in report.save(output_dir)]
         robustness = report.to_dict()
         for entry in robustness["models"]:
             entry["path"] = _shown(entry["path"])
-        trainer.run_info.update(robustness=robustness, figures=[os.path.basename(f) for f in figures])
         print(report.to_markdown())
     clock.mark("report")
-    trainer.run_info["stage_seconds"] = clock.seconds  # the card and the push below are not in it
+    dataset = DatasetRef(_shown(data_args.dataset_name), data_args.dataset_config_name, data_args.train_split)
+    eval_dataset = None
+    if trainer.eval_dataset is not None:
+        eval_dataset = DatasetRef(_shown(data_args.dataset_name), data_args.dataset_config_name, data_args.eval_split)
+    # the run's results, built once: results.json, the card and the push all take this object
+    results = trainer.build_results(
+        base_model=_shown(model_args.model_name_or_path),
+        dataset=dataset,
+        eval_dataset=eval_dataset,
+        eval_rows=scored_rows(data_args.eval_split, _num_rows(trainer.eval_dataset), data_args.held_out)
+        if trainer.eval_dataset is not None
+        else None,
+        license=model_args.license,
+        train=metrics.get("train"),
+        train_stream_reads=metrics.get("train_stream_reads"),
+        eval=metrics.get("eval"),
+        skipped_rows={split: counter.as_dict() for split, counter in counters.items()},
+        lora=lora,
+        robustness=robustness,
+        figures=figures,
+        no_base_comparison=f"the base model was not scored: {not_compared}" if not_compared else None,
+        stage_seconds=dict(clock.seconds),  # the card and the push below are not in it
+    )
     if push_to_hub:  # writes results.json and the card for the repo, then uploads
-        logger.info("Pushed to %s", trainer.push_to_hub())
+        logger.info("Pushed to %s", trainer.push_to_hub(results=results))
     else:
-        trainer.create_model_card()
+        trainer.create_model_card(results=results)
     clock.mark("card" if not push_to_hub else "card and push")
     print(f"Stage seconds: {json.dumps(clock.seconds)}")
     print(f"Finished: everything is in {os.path.abspath(output_dir)}")
-    return trainer.collect_results()
+    return results
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ def _legend_outside(ax, **kwargs):
 
 
 def _benchmark_name(name: str) -> str:
-    from .card import readable_benchmark
+    from .robustness.budgets import readable_benchmark
 
     return readable_benchmark(name)
 
 
 def _budget(value: float) -> str:
-    from .card import format_budget
+    from .robustness.budgets import format_budget
 
     return format_budget(value) if value > 0 else "0"
 

@@ -5,7 +5,6 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
@@ -13,8 +12,9 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from .adversarial import ADVERSARIAL_MODES, AdversarialArguments, AdversarialTraining
 from .config import NullspaceArguments
 from .embedding import NoiseHook, find_patch_embedding
-from .hub import RunPublishingMixin
+from .loss import LossReduction
 from .noise_bank import NoiseBank, last_complete_checkpoint
+from .publishing import RunPublishingMixin
 from .stream_training import StreamedTrainingMixin
 from .synthesis import synthesize_noise
 
@@ -65,7 +65,6 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         super().__init__(*args, **kwargs)
         self.nullspace_args = nullspace_args if nullspace_args is not None else NullspaceArguments()
         self.noise_bank = NoiseBank(save_all=self.nullspace_args.noise_bank_save_all)
-        self.run_info: dict = {}
         mode = self.nullspace_args.nullspace_mode
         # modes madry / trades: adversarial training (adversarial.py), pixel-space PGD through the normalisation
         self.adversarial = (
@@ -203,24 +202,11 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
             self._noise_hook.remove()
         self._noise_hook = self._noise_hook_owner = None
 
-    def _classification_loss(self, logits, labels, num_items_in_batch):
-        # mirrors the model's own loss and Trainer.compute_loss, so mode "none" and weight 0 give the same gradient
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        loss = F.cross_entropy(
-            logits,
-            labels,
-            reduction="sum" if scaled else "mean",
-            label_smoothing=self.args.label_smoothing_factor,
-        )
-        if scaled:
-            loss = loss / (
-                num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
-            )
-            if self.args.average_tokens_across_devices:
-                loss = loss * (
-                    self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
-                )
-        return loss
+    @property
+    def loss_reduction(self) -> LossReduction:
+        """How every mode reduces its losses: as the model's own loss and `Trainer.compute_loss` do (see `loss.py`),
+        so mode `none` and weight 0 give the same gradient."""
+        return LossReduction.of_trainer(self)
 
     @staticmethod
     def _model_kwargs(inputs) -> dict:
@@ -243,7 +229,7 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         # a fresh clean-only forward: the clean rows of a shared pass with non-finite noisy rows would still carry
         # NaN into the parameter gradients (0 * NaN) through the shared weights
         outputs = model(pixel_values=inputs["pixel_values"], **self._model_kwargs(inputs))
-        return self._classification_loss(outputs.logits, inputs["labels"], num_items_in_batch), outputs
+        return self.loss_reduction.cross_entropy(outputs.logits, inputs["labels"], num_items_in_batch), outputs
 
     @staticmethod
     def _finite_here(value: torch.Tensor) -> bool:
@@ -269,8 +255,8 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
                 if hook.source is not self.noise:
                     hook.set_noise(self.noise)  # once per refresh: the only host-to-device copy of the noise
                 outputs, clean_logits, noisy_logits = self._forward(model, inputs, hook)
-                clean_loss = self._classification_loss(clean_logits, labels, num_items_in_batch)
-                noisy_loss = self._classification_loss(noisy_logits, labels, num_items_in_batch)
+                clean_loss = self.loss_reduction.cross_entropy(clean_logits, labels, num_items_in_batch)
+                noisy_loss = self.loss_reduction.cross_entropy(noisy_logits, labels, num_items_in_batch)
                 if self._finite_here(noisy_loss):
                     loss = clean_loss + self.nullspace_args.noisy_loss_weight * noisy_loss
                     break

@@ -178,9 +178,9 @@ def test_training_logs_the_attack_with_the_loss_and_never_synthesises_noise(tmp_
     for entry in logs:
         assert set(AdversarialTraining.STAT_KEYS) <= set(entry), entry
         assert 0 <= entry["adversarial_accuracy"] <= 1 and entry["adversarial_loss"] > 0
-    results = trainer.collect_results()
-    assert results["nullspace_args"]["nullspace_mode"] == mode
-    assert results["nullspace_args"]["adversarial_epsilon"] == pytest.approx(8 / 255)
+    results = trainer.build_results()
+    assert results.nullspace_args["nullspace_mode"] == mode
+    assert results.nullspace_args["adversarial_epsilon"] == pytest.approx(8 / 255)
 
 
 def test_card_names_the_adversarial_baseline(tmp_path):
@@ -188,7 +188,7 @@ def test_card_names_the_adversarial_baseline(tmp_path):
 
     trainer = make_trainer(tmp_path, "trades", max_steps=1)
     trainer.train()
-    card = build_model_card(trainer.collect_results())
+    card = build_model_card(trainer.build_results())
     assert "the adversarial-training baseline CE(x) + β KL" in card.text
     assert "| `adversarial_steps` | 3 |" in card.text
 

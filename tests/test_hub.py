@@ -23,16 +23,12 @@ from huggingface_hub import ModelCard, constants
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from hf_nullspace.card import (
-    build_model_card,
-    format_budget,
-    readable_benchmark,
-    redact,
-    resolve_license,
-    save_examples,
-    write_model_card,
-)
+from hf_nullspace.card import build_model_card, write_model_card
+from hf_nullspace.examples import save_examples
 from hf_nullspace.hub import _check_no_token, _run_files
+from hf_nullspace.license import resolve_license
+from hf_nullspace.results import RunResults, redact
+from hf_nullspace.robustness.budgets import format_budget, readable_benchmark
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_testtokenAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
@@ -396,9 +392,9 @@ def assert_model_index(metadata: dict, results: dict) -> None:
 
 def test_run_files_and_token_check(finished_run):
     run, _ = finished_run
-    write_model_card(run)
-    assert set(_run_files(run)) == UPLOADED
-    _check_no_token(run, _run_files(run), TOKEN)
+    write_model_card(run, RunResults.load(run))
+    assert set(_run_files(run, RunResults.load(run))) == UPLOADED
+    _check_no_token(run, _run_files(run, RunResults.load(run)), TOKEN)
     (run / "results.json").write_text(json.dumps({**make_results(), "hub_token": TOKEN}))
     with pytest.raises(ValueError, match="contains a Hugging Face token"):
         _check_no_token(run, _run_files(run), None)
@@ -416,7 +412,7 @@ def test_example_images_feed_the_widget_and_are_pushed(finished_run):
     widget = build_model_card(results, repo_id=REPO_ID, revision="v1").data.widget
     assert widget[0]["src"].endswith(f"/{REPO_ID}/resolve/v1/examples/cat.png")
     assert build_model_card(results).data.get("widget") is None
-    assert set(_run_files(run)) == UPLOADED - {"README.md"} | {"examples/cat.png"}
+    assert set(_run_files(run, RunResults.from_dict(results))) == UPLOADED - {"README.md"} | {"examples/cat.png"}
 
 
 def test_save_examples_from_an_image_dataset_and_from_pixel_values(tmp_path):
@@ -487,7 +483,7 @@ def test_card_command_sets_the_licence(finished_run):
 def test_write_model_card_offline(finished_run):
     run, _ = finished_run
     (run / "robustness.png").unlink()
-    card = ModelCard.load(write_model_card(run))
+    card = ModelCard.load(write_model_card(run, RunResults.load(run)))
     assert "noise_norm.png" in card.text and "robustness.png" not in card.text
     assert card.data.eval_results and card.data.model_name == "tiny-vit-nullspace"
 
@@ -591,8 +587,10 @@ def test_push_and_load_round_trip(hub_server, finished_run, tmp_path):
         f"""
         from huggingface_hub import ModelCard
         from hf_nullspace.card import write_model_card
+        from hf_nullspace.results import RunResults
 
-        print(ModelCard.load(write_model_card({str(run)!r}, repo_id={REPO_ID!r})).content)
+        run = {str(run)!r}
+        print(ModelCard.load(write_model_card(run, RunResults.load(run), repo_id={REPO_ID!r})).content)
         """,
         endpoint,
         tmp_path / "hf_home_offline",
@@ -823,14 +821,14 @@ def test_every_trainer_push_path_uploads_only_the_design_files(hub_server, tmp_p
             assert {"Accuracy", "Loss"} <= set(metrics), (strategy, commit["title"])
             assert metrics["Accuracy"]["type"] == "accuracy" and metrics["Loss"]["type"] == "loss"
             logged = commit["results"]["eval"]
-            assert metrics["Accuracy"]["value"] == logged["eval_accuracy"]
-            assert metrics["Loss"]["value"] == logged["eval_loss"]
+            assert metrics["Accuracy"]["value"] == round(logged["eval_accuracy"], 4)  # model-index values are rounded
+            assert metrics["Loss"]["value"] == float(f"{logged['eval_loss']:.4g}")
         final = commits[-1]["card"]
         evaluated = pushed[strategy]["eval"]
         metrics = metrics_by_name(final)
         assert (metrics["Accuracy"]["value"], metrics["Loss"]["value"]) == (
-            evaluated["eval_accuracy"],
-            evaluated["eval_loss"],
+            round(evaluated["eval_accuracy"], 4),
+            float(f"{evaluated['eval_loss']:.4g}"),
         ), strategy
         assert final["license"] == licences[strategy], strategy
         assert pushed[strategy]["url"].startswith(f"{endpoint}/{repo}/commit/")
@@ -920,20 +918,19 @@ def test_a_finished_training_run_is_pushed_and_loads_with_plain_transformers(hub
     metrics = metrics_by_name(card)
     results = json.loads((out / "results.json").read_text())
     assert (metrics["Accuracy"]["value"], metrics["Loss"]["value"]) == (
-        results["eval"]["eval_accuracy"],
-        results["eval"]["eval_loss"],
+        round(results["eval"]["eval_accuracy"], 4),
+        float(f"{results['eval']['eval_loss']:.4g}"),
     )
     assert metrics["Accuracy"]["dataset"]["split"] == "test"  # the split the job evaluated on
-    assert {"clean Accuracy", "fgsm@1/255 Accuracy", "pgd@8/255 Accuracy"} <= set(metrics)
+    assert {"fgsm@1/255 Accuracy", "pgd@8/255 Accuracy"} <= set(metrics)  # the clean accuracy once: "Accuracy"
     from transformers import AutoModelForImageClassification
 
     local = AutoModelForImageClassification.from_pretrained(out)
     assert loaded["state"] == pytest.approx({k: v.sum().item() for k, v in local.state_dict().items()}, abs=0)
     finetuned = next(m for m in results["robustness"]["models"] if m["name"] == "finetuned")
-    clean_eval = [results["eval"]["eval_accuracy"], results["eval"]["eval_loss"]]
-    assert sorted(value for _, value in loaded["eval"]) == sorted(
-        clean_eval + [r["value"] for r in finetuned["results"]]
-    )
+    clean_eval = [round(results["eval"]["eval_accuracy"], 4), float(f"{results['eval']['eval_loss']:.4g}")]
+    robust = [round(r["value"], 4) for r in finetuned["results"] if r["benchmark"] != "clean"]
+    assert sorted(value for _, value in loaded["eval"]) == sorted(clean_eval + robust)
     assert TOKEN not in log_path.read_text()
 
 

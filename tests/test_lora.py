@@ -126,9 +126,9 @@ def test_nullspace_training_moves_only_the_adapters_and_saves_a_loadable_adapter
     loaded = peft.PeftModel.from_pretrained(make_tiny_vit(), str(tmp_path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=pixel_values).logits, expected)
-    results = trainer.collect_results()
-    assert results["lora"]["r"] == 4 and results["lora"]["merged"] is False
-    assert results["lora"]["trainable"] == parameter_counts(trainer.model)["trainable"]
+    results = trainer.build_results()
+    assert results.lora["r"] == 4 and results.lora["merged"] is False
+    assert results.lora["trainable"] == parameter_counts(trainer.model)["trainable"]
 
 
 def test_resume_with_adapters_continues_exactly(tmp_path):
@@ -187,7 +187,7 @@ def test_job_with_merge_lora_saves_a_plain_checkpoint(tmp_path):
         "no",
     )
     results = main(args)
-    assert results["lora"]["merged"] is True and results["lora"]["r"] == 4
+    assert results.lora["merged"] is True and results.lora["r"] == 4
     files = set(os.listdir(out))
     assert "model.safetensors" in files and "config.json" in files
     assert not {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE} & files

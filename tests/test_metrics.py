@@ -106,7 +106,7 @@ def test_aggregates_say_what_they_aggregate():
         "abort_early": True,
     }
     assert rows[("patchfool", "accuracy")]["params"]["steps"] == 250
-    assert rows[("fgsm@0.00392157", "accuracy")]["params"] == {"epsilon": 1 / 255}
+    assert rows[("fgsm@1/255", "accuracy")]["params"] == {"epsilon": 1 / 255}
     assert rows[("clean", "accuracy")]["dataset_type"] == "ILSVRC/imagenet-1k"
 
 

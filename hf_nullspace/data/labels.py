@@ -12,6 +12,10 @@ which logit belongs to which label:
   permuted is more often a mistake than an intention: say so explicitly to score it by name);
 - no names in common (e.g. English names on one side, WordNet ids on the other) or no names: nothing is decided
   here; the label-space check (`registry.check_label_space`) applies.
+
+For the user's own data (label space `custom`), whose only other check is the number of classes, `label_coverage`
+says whether a model's named classes cover the data's: a model trained on other classes (digits scored on shapes) is
+not compared by position.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class LabelOrderError(ValueError):
     """A model's head holds the data's classes in another order, and remapping by name was not asked for."""
 
 
+class LabelCoverageError(ValueError):
+    """A model's named classes do not cover the data's: its predictions are other classes than the data's labels."""
+
+
 def model_label_names(config) -> list[str] | None:
     """The class names of a model (`config.id2label` by index), or `None` for generic `LABEL_<i>` names."""
     id2label: Mapping = getattr(config, "id2label", None) or {}
@@ -41,6 +49,33 @@ def model_label_names(config) -> list[str] | None:
 
 def _normalise(name: str) -> str:
     return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def label_coverage(model_names: Sequence[str] | None, data_names: Sequence[str] | None) -> str | None:
+    """Why a model's classes do not cover the data's, by name, or `None` when they do or nothing can be said.
+
+    They cover the data when the names agree by position (as in `align_labels`) or every data class is among the
+    model's names; with no names on either side nothing is decided (`None`).
+
+    Args:
+        model_names (`Sequence[str]`, *optional*): The model's class names by logit index (`model_label_names`).
+        data_names (`Sequence[str]`, *optional*): The data's class names by label.
+    """
+    if not model_names or not data_names:
+        return None
+    model = [_normalise(name) for name in model_names]
+    data = [_normalise(name) for name in data_names]
+    if len(model) == len(data) and sum(m == d for m, d in zip(model, data)) / len(data) >= POSITIONAL_AGREEMENT:
+        return None
+    missing = [name for name, normalised in zip(data_names, data) if normalised not in model]
+    if not missing:
+        return None
+    shown = ", ".join(repr(str(name)) for name in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    model_shown = ", ".join(repr(str(name)) for name in list(model_names)[:5]) + (", ..." if len(model) > 5 else "")
+    return (
+        f"{len(missing)} of the data's {len(data)} classes are not among the model's {len(model)} labels "
+        f"({shown} missing; the model's labels are {model_shown})"
+    )
 
 
 def align_labels(

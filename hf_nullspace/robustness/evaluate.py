@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..classifier import frozen_eval_mode
 from ..data import SkipCounter, check_label_space, transforms_from_image_processor
-from ..data.labels import LabelOrderError, align_labels, model_label_names
+from ..data.labels import LabelCoverageError, LabelOrderError, align_labels, label_coverage, model_label_names
 from ..data.registry import label_names_of, open_benchmark
 from ..data.rows import SKIP_KINDS, read_row
 from ..data.sources import resolve_sources
@@ -113,10 +113,20 @@ def label_plan(spec, config, data_names=None, remap: bool = False) -> list[int] 
         `list[int]` or `None`: logit columns to keep, in the order of the data's labels, or `None` for all.
 
     Raises:
-        `ValueError` (`LabelOrderError` for a permuted head): when the model cannot score the data as it is.
+        `ValueError` (`LabelOrderError` for a permuted head, `LabelCoverageError` for a model whose named classes
+        are not the data's, both unless `remap`): when the model cannot score the data as it is.
     """
     subset = check_label_space(spec, config.num_labels)
     names = label_names_of(spec, data_names)
+    uncovered = label_coverage(model_label_names(config), names) if spec.label_space == "custom" else None
+    if uncovered and not remap:
+        raise LabelCoverageError(
+            f"The model's labels do not cover the classes of {spec.display_name or spec.name}: {uncovered}. Its "
+            "accuracy would count its own classes as the data's by position. Score a model trained on these classes; "
+            "or, to score it anyway (by name where the names match, else by position), ask for it: "
+            "`remap_labels=True` (evaluate_robustness), `--remap-labels` (hf-nullspace evaluate) or "
+            "`--robustness_remap_labels` (main job)."
+        )
     mapping = align_labels(model_label_names(config), names, remap=remap, what=spec.display_name or spec.name)
     return mapping if mapping is not None else subset
 
@@ -145,7 +155,8 @@ def check_models(sources: Mapping, configs: Mapping, resolved: Mapping | None = 
             except ValueError as error:
                 problems.append((name, source, error))
     if problems:
-        kind = LabelOrderError if all(isinstance(e, LabelOrderError) for _, _, e in problems) else ValueError
+        kinds = {type(error) for _, _, error in problems}
+        kind = kinds.pop() if kinds in ({LabelOrderError}, {LabelCoverageError}) else ValueError
         lines = "\n".join(f"  - model {name!r} on {source!r}: {error}" for name, source, error in problems)
         raise kind(f"The models' labels do not fit the suite's data (checked before any work):\n{lines}")
     return plans
@@ -306,7 +317,7 @@ def evaluate_robustness(
     remap_labels: bool = False,
     bf16: bool = False,
     distributed: bool | None = None,
-    check_sources: bool = True,
+    resolved_sources: Mapping | None = None,
 ) -> RobustnessReport:
     """
     Scores one model or several side by side on a robustness suite.
@@ -340,7 +351,9 @@ def evaluate_robustness(
         bf16 (`bool`, *optional*, defaults to `False`): run models under bfloat16 autocast (meant for GPUs).
         distributed (`bool`, *optional*): share the work among the processes of the initialised `torch.distributed`
             group (the default when there is one); every process must call this function with the same arguments.
-        check_sources (`bool`, *optional*, defaults to `True`): resolve every source before any work.
+        resolved_sources (`Mapping[str, ResolvedSource]`, *optional*): the outcome of `resolve_sources` for every
+            source of `suite`, when the caller checked them already (the main job does, before training): used as it
+            is, nothing is resolved again. By default every source is resolved here, before any work.
 
     Returns:
         [`RobustnessReport`]: `to_dict()`, `to_markdown()`, `save(output_dir)` (JSON, Markdown, PNG figures).
@@ -348,13 +361,20 @@ def evaluate_robustness(
     Raises:
         `MissingBenchmarksError`: before any work, naming every source that cannot be read and how to provide it.
         `ValueError`: before any work, for models whose labels do not fit the data (`LabelOrderError` for a head
-            whose classes are permuted, without `remap_labels`).
+            whose classes are permuted, `LabelCoverageError` for a model whose named classes are not the data's, both
+            without `remap_labels`).
     """
     suite = suite if isinstance(suite, Suite) else get_suite(suite, data=data, paths=paths, split=split)
     caps = dict(sample_caps or {})
     check_sample_caps(suite, caps)
     sources = suite.sources()
-    resolved = resolve_sources(sources, token=token, suite_name=suite.name) if check_sources else {}
+    if resolved_sources is None:
+        resolved = resolve_sources(sources, token=token, suite_name=suite.name)
+    else:
+        unchecked = sorted(set(sources) - set(resolved_sources))
+        if unchecked:
+            raise ValueError(f"resolved_sources lacks sources of suite {suite.name!r}: {unchecked}.")
+        resolved = dict(resolved_sources)
     named = _named_models(models)
     configs = {name: _config(model, token) for name, model in named.items()}
     plans = check_models(sources, configs, resolved, remap=remap_labels)

@@ -17,6 +17,7 @@ from ..data import (
     spec_from_source,
 )
 from ..data.bundled import BUNDLED_MNIST
+from .budgets import format_budget
 
 # The attack settings of the `imagenet` suite, stated in every report row, card row and model-index entry. No code
 # of the paper's CW and PatchFool runs was published: these are the attacks' own defaults (see `attacks.cw_l2` and
@@ -55,7 +56,8 @@ class Evaluation:
     One row of a robustness report.
 
     Args:
-        name (`str`): row name, e.g. `"clean"`, `"fgsm@0.0039"`, `"corruption/fog/3"`, `"imagenet-a"`.
+        name (`str`): row name, e.g. `"clean"`, `"fgsm@1/255"` (budgets as `budgets.format_budget` writes them),
+            `"corruption/fog/3"`, `"imagenet-a"`.
         source (`str`, *optional*, defaults to `"data"`): `"data"` (the suite's clean data) or a registry benchmark.
         group (`str`, *optional*, defaults to `"clean"`): `"clean"`, `"attack"`, `"corruption"` or `"shift"`.
         attack (`str`, *optional*): attack name of `robustness.attacks.ATTACKS`, with `params`.
@@ -116,7 +118,9 @@ def _attacks(budgets: Mapping[str, Sequence[float]], pgd_steps: int = 10) -> lis
             if attack.startswith("pgd"):
                 params.update(step_size=epsilon / 4, steps=pgd_steps)
             rows.append(
-                Evaluation(f"{attack}@{epsilon:g}", group="attack", attack=attack, params=tuple(params.items()))
+                Evaluation(
+                    f"{attack}@{format_budget(epsilon)}", group="attack", attack=attack, params=tuple(params.items())
+                )
             )
     return rows
 
@@ -225,3 +229,22 @@ def get_suite(
 
 
 SUITES = ("mnist", "imagenet", "attacks", "corruptions", "shift")
+
+
+def parse_pairs(entries: list[str] | None, what: str, as_int: bool = False) -> dict:
+    """Command-line `KEY=VALUE` entries (benchmark paths, sample caps): `["a=1", "b=all"]` -> `{"a": "1", "b": "all"}`
+    (ints, `all` -> `None`, with `as_int`)."""
+    pairs = {}
+    for entry in entries or []:
+        key, sep, value = entry.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{what} takes KEY=VALUE entries; got {entry!r}.")
+        if as_int:
+            if value.lower() in ("all", "none"):
+                value = None
+            elif value.isdigit() and int(value) > 0:
+                value = int(value)
+            else:
+                raise ValueError(f"{what}: {entry!r} needs a positive number of images or `all`.")
+        pairs[key] = value
+    return pairs
