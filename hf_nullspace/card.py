@@ -348,8 +348,8 @@ def _scored_rows_note(results: RunResults) -> str:
     count = f"{rows['rows']} rows" if rows.get("rows") is not None else "rows"
     if rows.get("held_out"):
         return (
-            f"{count} held out of the `{rows.get('split')}` split before training (a seeded {rows.get('fraction'):.0%}, "
-            f"seed {rows.get('seed')}; never trained on)"
+            f"{count} held out of the `{rows.get('split')}` split before training (a seeded "
+            f"{rows.get('fraction'):.0%}, seed {rows.get('seed')}; never trained on)"
         )
     if rows.get("split"):
         return f"the `{rows['split']}` split ({count})"
