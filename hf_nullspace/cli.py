@@ -10,7 +10,7 @@ from pathlib import Path
 def _finetune(args, rest):
     from .finetune import main
 
-    main(rest)
+    main(rest, prog="hf-nullspace finetune")
 
 
 def _evaluate(args, rest):

@@ -36,7 +36,8 @@ from .data import (
 )
 from .data.bundled import ASSETS
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
-from .noise_bank import last_complete_checkpoint
+from .run_config import HELP_DESCRIPTION, HelpFormatter, parse_with_base
+from .run_folder import prepare_output_folder, run_arguments
 from .trainer import NullspaceTrainer
 
 logger = logging.getLogger(__name__)
@@ -54,16 +55,16 @@ class AugmentationEpoch(TrainerCallback):
         self.transform.epoch = int((state.epoch or 0) + 1e-6)
 
 
-DEFAULT_RUN = ASSETS / "default_run.json"
-
-
 @dataclass
 class ModelArguments:
     """Which model and image processor to finetune."""
 
-    model_name_or_path: str = field(
-        default=str(ASSETS / "vit-tiny-mnist"),
-        metadata={"help": "Hub model id or local folder of the model to finetune (defaults to the bundled ViT)."},
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub model id or local folder of the model to finetune (the bundled ViT when neither a model nor "
+            "a dataset is named)."
+        },
     )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Image processor id or folder, if not the model's own."}
@@ -90,9 +91,12 @@ class ModelArguments:
 class DataTrainingArguments:
     """Which data to train and evaluate on, and how to read it."""
 
-    dataset_name: str = field(
-        default=str(ASSETS / "mnist"),
-        metadata={"help": "Hub dataset id, local imagefolder, or local parquet/arrow files or folder."},
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, local imagefolder, or local parquet/arrow files or folder (the bundled MNIST "
+            "when neither a model nor a dataset is named)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
@@ -156,30 +160,40 @@ class DataTrainingArguments:
     )
 
 
-def parse_args(argv: list[str] | None = None):
+@dataclass
+class RunTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` with `overwrite_output_dir`, which transformers 5 removed."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output folder that holds a run (its checkpoints and files are deleted), instead "
+            "of resuming an unfinished run with the same arguments or refusing."
+        },
+    )
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None):
     """
-    Parses the argument groups from `argv`, a single .json/.yaml file, or the embedded default: `(model, data,
-    nullspace, training, adversarial, lora)` arguments (`build_trainer(*parse_args(argv))` takes them all).
+    Parses the argument groups: `(model, data, nullspace, training, adversarial, lora)` arguments
+    (`build_trainer(*parse_args(argv))` takes them all). A .json/.yaml file (first, or after `--config`) is the base
+    that the other arguments override; with no model and no dataset named, the embedded default run is the base under
+    it (`run_config.py`).
     """
     parser = HfArgumentParser(
         (
             ModelArguments,
             DataTrainingArguments,
             NullspaceArguments,
-            TrainingArguments,
+            RunTrainingArguments,
             AdversarialArguments,
             LoraArguments,
-        )
+        ),
+        prog=prog,
+        description=HELP_DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        logger.info("No arguments: running the embedded offline default (%s).", DEFAULT_RUN)
-        return parser.parse_dict(json.loads(DEFAULT_RUN.read_text()))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(argv)
+    return parse_with_base(parser, sys.argv[1:] if argv is None else argv)
 
 
 def _label_names(dataset, label_column: str, model_config) -> list[str]:
@@ -388,15 +402,16 @@ class StageClock:
         logger.info("Stage %r took %.1f s", stage, self.seconds[stage])
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Runs the whole job and returns the results dict (also written to `output_dir/results.json`)."""
-    model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = parse_args(argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        level=logging.INFO if training_args.should_log else logging.WARNING,
-    )
-    transformers.utils.logging.set_verbosity(logging.INFO if training_args.should_log else logging.WARNING)
+    arguments = parse_args(argv, prog=prog)
+    model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = arguments
+    log_level = training_args.get_process_log_level()  # warning unless asked for (--log_level info)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=log_level)
+    transformers.utils.logging.set_verbosity(log_level)
     set_seed(training_args.seed)
+    if training_args.do_train or not training_args.do_eval:  # resume, start over or refuse (run_folder.py)
+        checkpoint = prepare_output_folder(training_args, run_arguments(*arguments))
     # with --push_to_hub the trainer pushes the run's allowed files at every save under --hub_strategy, and the
     # finished run (card with the robustness results) at the end
     push_to_hub = training_args.push_to_hub
@@ -429,12 +444,6 @@ def main(argv: list[str] | None = None) -> dict:
         check_models(suite.sources(), configs, resolved, remap=data_args.robustness_remap_labels)
         check_attacks(suite, configs)
         clock.mark("robustness data and label check")
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None:
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("Resuming from %s, the newest complete checkpoint in the output folder.", checkpoint)
-
     metrics = {}
     if training_args.do_train or not training_args.do_eval:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)

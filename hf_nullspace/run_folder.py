@@ -1,0 +1,174 @@
+"""The output folder of the main job, as transformers' examples treat it: resume, start over, or refuse.
+
+The arguments that define a run (model, data, method and optimisation) are written to `run_arguments.json` when it
+starts. A later run into the same folder resumes from the newest complete checkpoint when the run there is unfinished
+and its arguments are the same; it is refused, naming what differs, when they are not, and when the run there is
+finished (nothing is ever "resumed" into a new card). `--overwrite_output_dir` starts over.
+"""
+
+import json
+import os
+import shutil
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .noise_bank import last_complete_checkpoint
+
+RUN_ARGUMENTS_FILE = "run_arguments.json"
+# written at the end of training (`Trainer.save_state`) and of the job (`results.json`): the run there is finished
+FINISHED_MARKERS = ("trainer_state.json", "results.json")
+MODEL_FIELDS = ("model_name_or_path", "model_revision", "image_processor_name", "ignore_mismatched_sizes")
+DATA_FIELDS = (
+    "dataset_name",
+    "dataset_config_name",
+    "dataset_revision",
+    "train_split",
+    "streaming",
+    "image_column_name",
+    "label_column_name",
+    "max_train_samples",
+    "train_crop_scale_min",
+    "train_flip",
+)
+# the TrainingArguments that shape the optimisation; logging, saving, evaluation and pushing may change on a resume
+TRAINING_FIELDS = (
+    "seed",
+    "data_seed",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "optim",
+    "optim_args",
+    "label_smoothing_factor",
+    "bf16",
+    "fp16",
+)
+
+
+class OutputFolderError(ValueError):
+    """The output folder holds a run that this one must not resume or overwrite."""
+
+
+def _local(path):
+    return os.path.abspath(path) if isinstance(path, str) and os.path.exists(path) else path
+
+
+def run_arguments(model_args, data_args, nullspace_args, training_args, adversarial_args=None, lora_args=None) -> dict:
+    """The arguments that define a run, as JSON values: a resume must have the same ones."""
+    groups = {
+        "model": {name: getattr(model_args, name) for name in MODEL_FIELDS},
+        "data": {name: getattr(data_args, name) for name in DATA_FIELDS},
+        "nullspace": nullspace_args.to_dict(),
+        "training": {name: getattr(training_args, name, None) for name in TRAINING_FIELDS},
+        "adversarial": vars(adversarial_args) if adversarial_args is not None else {},
+        "lora": vars(lora_args) if lora_args is not None else {},
+    }
+    groups["model"]["model_name_or_path"] = _local(groups["model"]["model_name_or_path"])
+    groups["data"]["dataset_name"] = _local(groups["data"]["dataset_name"])
+    return json.loads(json.dumps(groups, default=str))
+
+
+def differences(stored: dict, current: dict) -> list[str]:
+    """`--name: stored -> current` for each argument that differs."""
+    changed = []
+    for group in sorted(set(stored) | set(current)):
+        before, after = stored.get(group, {}), current.get(group, {})
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                changed.append(f"--{name}: {before.get(name)!r} there, {after.get(name)!r} now")
+    return changed
+
+
+def holds_run(output_dir: str) -> bool:
+    """Whether `output_dir` holds (part of) a run: its arguments, a checkpoint or a finished run's files."""
+    if not os.path.isdir(output_dir):
+        return False
+    names = os.listdir(output_dir)
+    return any(
+        name == RUN_ARGUMENTS_FILE or name in FINISHED_MARKERS or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+        for name in names
+    )
+
+
+def checkpoint_to_resume(output_dir: str, arguments: dict, overwrite: bool = False) -> str | None:
+    """
+    Decides what a run with `arguments` does in `output_dir`, reading only: `None` to start (an empty or new
+    folder, `overwrite`, or a run that stopped before its first checkpoint), the checkpoint to resume from, or
+    `OutputFolderError`.
+    """
+    if overwrite or not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return None
+    path = os.path.join(output_dir, RUN_ARGUMENTS_FILE)
+    stored = json.loads(open(path, encoding="utf-8").read()) if os.path.isfile(path) else None
+    finished = any(os.path.isfile(os.path.join(output_dir, name)) for name in FINISHED_MARKERS)
+    checkpoint = last_complete_checkpoint(output_dir)
+    fix = "pass --overwrite_output_dir to start over, or choose another --output_dir"
+    if stored is None:
+        if not holds_run(output_dir):
+            raise OutputFolderError(f"The output folder {output_dir} already exists and is not empty: {fix}.")
+        raise OutputFolderError(
+            f"The output folder {output_dir} holds a run whose arguments were not recorded ({RUN_ARGUMENTS_FILE} is "
+            f"missing), so it cannot be resumed safely: {fix} (or --resume_from_checkpoint PATH to resume it as is)."
+        )
+    if checkpoint is None and not finished:  # stopped before its first checkpoint: nothing to resume or lose
+        return None
+    changed = differences(stored, arguments)
+    if changed:
+        state = "finished" if finished else "unfinished"
+        raise OutputFolderError(
+            f"The output folder {output_dir} holds an {state} run with other arguments: "
+            + "; ".join(changed)
+            + f". Resuming it would describe one run with another's card: {fix}."
+        )
+    if finished:
+        raise OutputFolderError(
+            f"The output folder {output_dir} holds a finished run with these arguments; nothing to resume. Its model, "
+            f"results and card are there. To run it again, {fix}."
+        )
+    return checkpoint
+
+
+def start_run(output_dir: str, arguments: dict, overwrite: bool = False) -> None:
+    """Writes `run_arguments.json`, after clearing the folder when `overwrite` and it holds a run."""
+    if overwrite and holds_run(output_dir):
+        for name in os.listdir(output_dir):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, RUN_ARGUMENTS_FILE), "w", encoding="utf-8") as f:
+        json.dump(arguments, f, indent=2)
+
+
+def prepare_output_folder(training_args, arguments: dict) -> str | None:
+    """
+    Checks the output folder on every process, then (main process) records the run's `arguments` there; returns the
+    checkpoint to resume from: `--resume_from_checkpoint` when given, else the newest complete checkpoint of an
+    unfinished run with the same arguments, else `None`.
+
+    Raises:
+        `OutputFolderError`: see [`checkpoint_to_resume`].
+    """
+    from accelerate import PartialState
+
+    output_dir, overwrite = training_args.output_dir, getattr(training_args, "overwrite_output_dir", False)
+    explicit = training_args.resume_from_checkpoint
+    found = checkpoint_to_resume(output_dir, arguments, overwrite=overwrite or bool(explicit))
+    _ = training_args.device  # sets up the processes as the trainer will
+    state = PartialState()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if found is not None:
+            print(f"Resuming the unfinished run in {output_dir} from {found} (same arguments).")
+        start_run(output_dir, arguments, overwrite=overwrite and not explicit)
+    state.wait_for_everyone()
+    return explicit or found
