@@ -192,6 +192,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
         prog=prog,
         description=HELP_DESCRIPTION,
         formatter_class=HelpFormatter,
+        allow_abbrev=False,  # an abbreviated --model_name_or_path would hide that a model was named
     )
     return parse_with_base(parser, sys.argv[1:] if argv is None else argv)
 
