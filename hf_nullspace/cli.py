@@ -93,8 +93,12 @@ def _card(args, rest):
 
 
 def _push(args, rest):
-    from .hub import push_run
+    from .hub import check_model_files, push_run
 
+    try:
+        check_model_files(Path(args.output_dir))
+    except FileNotFoundError as error:
+        raise SystemExit(f"hf-nullspace push: {error}") from None
     print(
         push_run(
             args.output_dir,
