@@ -35,6 +35,7 @@ from .data import (
     transforms_from_image_processor,
 )
 from .data.bundled import ASSETS
+from .data.checks import cast_string_labels
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
 from .run_config import HELP_DESCRIPTION, HelpFormatter, parse_with_base
 from .run_folder import prepare_output_folder, run_arguments
@@ -215,6 +216,15 @@ def _accuracy(eval_prediction) -> dict:
     return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
 
 
+def _with_row_keys(raw, streaming: bool):
+    """`raw` with its row index as the column `ROW_KEY`."""
+    if streaming:
+        features = (raw.features or raw._resolve_features().features).copy()
+        features[ROW_KEY] = Value("int64")
+        return raw.map(lambda _, i: {ROW_KEY: i}, with_indices=True, features=features)
+    return raw.add_column(ROW_KEY, list(range(len(raw))))
+
+
 def build_trainer(model_args, data_args, nullspace_args, training_args, adversarial_args=None, lora_args=None):
     """
     Loads data, model and processor, checks them, and returns `(trainer, counters)` ready to train. With
@@ -253,6 +263,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
     config = transformers.AutoConfig.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token
     )
+    train_raw, eval_raw = cast_string_labels(train_raw, eval_raw, label_column, config)
     labels = _label_names(train_raw, label_column, config)
     if config.num_labels != len(labels) and not model_args.ignore_mismatched_sizes:
         raise ValueError(
@@ -290,22 +301,16 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
         "train": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
         "eval": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
     }
-    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes
-    if data_args.streaming:
-        features = (train_raw.features or train_raw._resolve_features().features).copy()
-        features[ROW_KEY] = Value("int64")
-        train_raw = train_raw.map(lambda _, i: {ROW_KEY: i}, with_indices=True, features=features)
-    else:
-        train_raw = train_raw.add_column(ROW_KEY, list(range(len(train_raw))))
-    prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels))
+    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes; the
+    # counters count each row once, however often it is read
+    prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels), key_column=ROW_KEY)
     train_dataset = prepare_dataset(
-        train_raw, train_transform, counter=counters["train"], key_column=ROW_KEY, **prepare
+        _with_row_keys(train_raw, data_args.streaming), train_transform, counter=counters["train"], **prepare
     )
-    eval_dataset = (
-        prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
-        if eval_raw is not None
-        else None
-    )
+    eval_dataset = None
+    if eval_raw is not None:
+        eval_raw = _with_row_keys(eval_raw, data_args.streaming)
+        eval_dataset = prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
     trainer = NullspaceTrainer(
         model=model,
         args=training_args,

@@ -58,7 +58,7 @@ def test_naming_a_model_or_dataset_leaves_the_embedded_default_out(tmp_path):
     assert training_args.max_steps == -1 and training_args.learning_rate == pytest.approx(5e-5)
     assert data_args.robustness_suite is None and data_args.train_flip is True
     path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump({"dataset_name": "/data/mine", "model_name_or_path": "google/vit-base-patch16-224"}))
+    path.write_text(yaml.safe_dump({"dataset_name": "/data/mine", "model_name_or_path": "google/vit-base-patch16"}))
     _, data_args, _, training_args, _, _ = parse_args([str(path), "--max_steps", "9"])
     assert training_args.max_steps == 9 and data_args.robustness_suite is None
 
