@@ -123,8 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="score models on a robustness suite, side by side (under accelerate launch: trainer_scripts/evaluate.py)",
+        description="Score models on a robustness suite, side by side. The first model is the reference: the "
+        "report's change column and relative figures compare the others with it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    evaluate.add_argument("models", nargs="+", help="Hub ids or local folders")
+    evaluate.add_argument(
+        "models", nargs="+", help="Hub ids or local folders; the first is the reference the others are compared with"
+    )
     evaluate.add_argument("--suite", default="mnist", help="mnist, imagenet, attacks, corruptions or shift")
     evaluate.add_argument("--data", help="clean data (local path or Hub id) for attacks and on-the-fly corruptions")
     evaluate.add_argument("--split", default="test", help="split of --data")

@@ -400,7 +400,9 @@ def _score_source(
             _score_batch(evaluation, buffer["batch"], buffer["rows"], pipelines, correct, seed, device, bf16)
         buffer["rows"] = []
 
-    rows = tqdm(opened.rows, desc=f"{suite.name}: {source}", unit="row", disable=not progress)
+    known = [n for n in (read_limit, opened.num_rows) if n is not None]
+    total = min(known) if known else None  # the rows this loop reads
+    rows = tqdm(opened.rows, desc=f"{suite.name}: {source}", unit="row", total=total, disable=not progress)
     for index, row in enumerate(rows):
         if read_limit is not None and index >= read_limit:
             break
