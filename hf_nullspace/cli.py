@@ -111,6 +111,16 @@ def _push(args, rest):
     )
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows an argument's default after its help, when it has one and the help does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, [], False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-nullspace", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score models on a robustness suite, side by side (under accelerate launch: trainer_scripts/evaluate.py)",
         description="Score models on a robustness suite, side by side. The first model is the reference: the "
         "report's change column and relative figures compare the others with it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     evaluate.add_argument(
         "models", nargs="+", help="Hub ids or local folders; the first is the reference the others are compared with"
@@ -152,10 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--corruptions", nargs="+", help="only these corruptions (a subset gives a partial mCE)")
     evaluate.add_argument("--severities", nargs="+", type=int, help="only these severities, 1-5")
     evaluate.add_argument("--token", help="Hub token for gated benchmarks (default: the logged-in one)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the subsets, attacks and corruptions")
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: this process's GPU if any)")
-    evaluate.add_argument("--output-dir", default="robustness-report")
+    evaluate.add_argument("--output-dir", default="robustness-report", help="where the report and figures go")
     evaluate.set_defaults(run=_evaluate)
 
     nullspace = commands.add_parser("nullspace", help="exact nullspace of a model's patch projection")
