@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     log_level = training_args.get_process_log_level()  # warning unless asked for (--log_level info)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    if training_args.device.type == "cpu":  # pinned memory needs an accelerator: torch warns at every data loader
+        training_args.dataloader_pin_memory = False
     set_seed(training_args.seed)
     if training_args.do_train or not training_args.do_eval:  # resume, start over or refuse (run_folder.py)
         checkpoint = prepare_output_folder(training_args, run_arguments(*arguments))

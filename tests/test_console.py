@@ -91,3 +91,21 @@ def test_every_importable_folder_of_the_package_is_declared_with_its_data():
             )
             relative = path.relative_to(package_dir.get(owner, ROOT.joinpath(*owner.split(".")))).as_posix()
             assert any(fnmatch(relative, pattern) for pattern in data.get(owner, [])), f"{relative} of {owner}"
+
+
+def test_a_short_run_prints_a_page_not_a_wall(tmp_path):
+    command = [
+        *(sys.executable, str(ROOT / "trainer_scripts" / "run.py"), "--max_steps", "2", "--max_eval_samples", "50"),
+        *("--robustness_suite", "none", "--save_strategy", "no", "--output_dir", str(tmp_path / "out")),
+        *("--license", "apache-2.0", "--disable_tqdm", "true"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = (completed.stdout + completed.stderr).splitlines()
+    text = "\n".join(lines)
+    for noise in ("Model config", "loading configuration file", "[transformers]", "pin_memory", "metadata block"):
+        assert noise not in text, noise
+    assert "licence of the finetuned model is unknown" not in text  # --license was given
+    assert len(lines) < 40, text
