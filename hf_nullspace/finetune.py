@@ -38,7 +38,7 @@ from .data.bundled import ASSETS
 from .data.checks import cast_string_labels
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
 from .run_config import HELP_DESCRIPTION, HelpFormatter, parse_with_base
-from .run_folder import prepare_output_folder, run_arguments
+from .run_folder import resume_point, run_arguments, start_run_folder
 from .trainer import NullspaceTrainer
 
 logger = logging.getLogger(__name__)
@@ -418,8 +418,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     if training_args.device.type == "cpu":  # pinned memory needs an accelerator: torch warns at every data loader
         training_args.dataloader_pin_memory = False
     set_seed(training_args.seed)
-    if training_args.do_train or not training_args.do_eval:  # resume, start over or refuse (run_folder.py)
-        checkpoint = prepare_output_folder(training_args, run_arguments(*arguments))
+    training, run_args = training_args.do_train or not training_args.do_eval, run_arguments(*arguments)
+    if training:  # resume, start over or refuse (run_folder.py), before anything is loaded
+        checkpoint = resume_point(training_args, run_args)
     # with --push_to_hub the trainer pushes the run's allowed files at every save under --hub_strategy, and the
     # finished run (card with the robustness results) at the end
     push_to_hub = training_args.push_to_hub
@@ -453,7 +454,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         check_attacks(suite, configs)
         clock.mark("robustness data and label check")
     metrics = {}
-    if training_args.do_train or not training_args.do_eval:
+    if training:
+        start_run_folder(training_args, run_args, checkpoint)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         if lora_args.merge_lora:  # the output folder (and the push) hold the merged plain model, not the adapter
             trainer.run_info["lora"] = lora_summary(trainer.accelerator.unwrap_model(trainer.model), merged=True)

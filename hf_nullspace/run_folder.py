@@ -149,26 +149,31 @@ def start_run(output_dir: str, arguments: dict, overwrite: bool = False) -> None
         json.dump(arguments, f, indent=2)
 
 
-def prepare_output_folder(training_args, arguments: dict) -> str | None:
+def resume_point(training_args, arguments: dict) -> str | None:
     """
-    Checks the output folder on every process, then (main process) records the run's `arguments` there; returns the
-    checkpoint to resume from: `--resume_from_checkpoint` when given, else the newest complete checkpoint of an
-    unfinished run with the same arguments, else `None`.
+    The checkpoint a run with `arguments` starts from, decided before anything is loaded or written (every process
+    reads the folder): `--resume_from_checkpoint` when given, else the newest complete checkpoint of an unfinished
+    run with the same arguments in `--output_dir`, else `None`.
 
     Raises:
         `OutputFolderError`: see [`checkpoint_to_resume`].
     """
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    overwrite = getattr(training_args, "overwrite_output_dir", False)
+    return checkpoint_to_resume(training_args.output_dir, arguments, overwrite=overwrite)
+
+
+def start_run_folder(training_args, arguments: dict, checkpoint: str | None) -> None:
+    """Right before training, on the main process: says what resumes, clears the folder with
+    `--overwrite_output_dir`, and records the run's `arguments`; the other processes wait for it."""
     from accelerate import PartialState
 
-    output_dir, overwrite = training_args.output_dir, getattr(training_args, "overwrite_output_dir", False)
-    explicit = training_args.resume_from_checkpoint
-    found = checkpoint_to_resume(output_dir, arguments, overwrite=overwrite or bool(explicit))
-    _ = training_args.device  # sets up the processes as the trainer will
     state = PartialState()
     state.wait_for_everyone()
     if state.is_main_process:
-        if found is not None:
-            print(f"Resuming the unfinished run in {output_dir} from {found} (same arguments).")
-        start_run(output_dir, arguments, overwrite=overwrite and not explicit)
+        if checkpoint is not None:
+            print(f"Resuming the run in {training_args.output_dir} from {checkpoint}.")
+        overwrite = getattr(training_args, "overwrite_output_dir", False) and not training_args.resume_from_checkpoint
+        start_run(training_args.output_dir, arguments, overwrite=overwrite)
     state.wait_for_everyone()
-    return explicit or found
