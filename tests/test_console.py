@@ -109,3 +109,20 @@ def test_a_short_run_prints_a_page_not_a_wall(tmp_path):
         assert noise not in text, noise
     assert "licence of the finetuned model is unknown" not in text  # --license was given
     assert len(lines) < 40, text
+
+
+def test_the_evaluation_progress_bar_has_a_total(monkeypatch):
+    import hf_nullspace.robustness.evaluate as evaluate
+    from hf_nullspace.data.bundled import BUNDLED_MODEL
+    from hf_nullspace.robustness import get_suite
+
+    totals = []
+
+    def recording_tqdm(iterable, **kwargs):
+        totals.append((kwargs.get("desc"), kwargs.get("total")))
+        return iterable
+
+    monkeypatch.setattr(evaluate, "tqdm", recording_tqdm)
+    suite = get_suite("mnist", corruptions=["contrast"], severities=[1])
+    evaluate.evaluate_robustness({"base": BUNDLED_MODEL}, suite=suite, max_samples=8, device="cpu")
+    assert totals and all(isinstance(total, int) and total > 0 for _, total in totals), totals
