@@ -2,7 +2,9 @@
 
 Shaped like transformers' `examples/pytorch/image-classification/run_image_classification.py`. It runs unchanged
 under `python`, `accelerate launch` and `torchrun`; `trainer_scripts/run.py` and `hf-nullspace finetune` call
-`main`. With no arguments it runs the embedded offline default (`assets/default_run.json`).
+`main`. With no model and no dataset named, the embedded offline default (`assets/default_run.json`) is the base
+that the arguments override (`run_config.py`); the output folder is resumed, started over or refused as
+`run_folder.py` says.
 """
 
 import json
