@@ -128,7 +128,8 @@ def checkpoint_to_resume(output_dir: str, arguments: dict, overwrite: bool = Fal
         raise OutputFolderError(
             f"The output folder {output_dir} holds an {state} run with other arguments: "
             + "; ".join(changed)
-            + f". Resuming it would describe one run with another's card: {fix}."
+            + f". Resuming it would describe one run with another's card: {fix}"
+            + ("." if finished else " (or --resume_from_checkpoint PATH to continue it with these arguments anyway).")
         )
     if finished:
         raise OutputFolderError(
