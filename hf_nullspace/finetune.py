@@ -442,6 +442,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args
     )
     clock.mark("data, model and trainer")
+    if model_args.license:  # on every card, the ones pushed at checkpoints (--hub_strategy) too
+        trainer.run_info["license"] = model_args.license
     if suite is not None:
         # the eval split is known now: the clean data and every model's labels are checked before training
         from .robustness.evaluate import check_attacks, check_models
