@@ -124,9 +124,9 @@ def checkpoint_to_resume(output_dir: str, arguments: dict, overwrite: bool = Fal
         return None
     changed = differences(stored, arguments)
     if changed:
-        state = "finished" if finished else "unfinished"
+        state = "a finished" if finished else "an unfinished"
         raise OutputFolderError(
-            f"The output folder {output_dir} holds an {state} run with other arguments: "
+            f"The output folder {output_dir} holds {state} run with other arguments: "
             + "; ".join(changed)
             + f". Resuming it would describe one run with another's card: {fix}"
             + ("." if finished else " (or --resume_from_checkpoint PATH to continue it with these arguments anyway).")
@@ -144,7 +144,10 @@ def start_run(output_dir: str, arguments: dict, overwrite: bool = False) -> None
     if overwrite and holds_run(output_dir):
         for name in os.listdir(output_dir):
             path = os.path.join(output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, RUN_ARGUMENTS_FILE), "w", encoding="utf-8") as f:
         json.dump(arguments, f, indent=2)
