@@ -4,12 +4,13 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _finetune(args, rest):
     from .finetune import main
 
-    main(rest)
+    main(rest, prog="hf-nullspace finetune")
 
 
 def _evaluate(args, rest):
@@ -115,8 +116,12 @@ def _card(args, rest):
 
 
 def _push(args, rest):
-    from .hub import push_run
+    from .hub import check_model_files, push_run
 
+    try:
+        check_model_files(Path(args.output_dir))
+    except FileNotFoundError as error:
+        raise SystemExit(f"hf-nullspace push: {error}") from None
     print(
         push_run(
             args.output_dir,
@@ -127,6 +132,16 @@ def _push(args, rest):
             license=args.license,
         )
     )
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows an argument's default after its help, when it has one and the help does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, [], False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="score models on a robustness suite, side by side (under accelerate launch: trainer_scripts/evaluate.py)",
+        description="Score models on a robustness suite, side by side. The first model is the reference: the "
+        "report's change column and relative figures compare the others with it.",
+        formatter_class=DefaultsHelpFormatter,
     )
-    evaluate.add_argument("models", nargs="+", help="Hub ids or local folders")
+    evaluate.add_argument(
+        "models", nargs="+", help="Hub ids or local folders; the first is the reference the others are compared with"
+    )
     evaluate.add_argument("--suite", default="mnist", help="mnist, imagenet, attacks, corruptions or shift")
     evaluate.add_argument("--data", help="clean data (local path or Hub id) for attacks and on-the-fly corruptions")
     evaluate.add_argument("--split", default="test", help="split of --data")
@@ -168,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--corruptions", nargs="+", help="only these corruptions (a subset gives a partial mCE)")
     evaluate.add_argument("--severities", nargs="+", type=int, help="only these severities, 1-5")
     evaluate.add_argument("--token", help="Hub token for gated benchmarks (default: the logged-in one)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the subsets, attacks and corruptions")
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: this process's GPU if any)")
-    evaluate.add_argument("--output-dir", default="robustness-report")
+    evaluate.add_argument("--output-dir", default="robustness-report", help="where the report and figures go")
     evaluate.add_argument(
         "--push-results",
         action="store_true",

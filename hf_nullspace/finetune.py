@@ -2,7 +2,9 @@
 
 Shaped like transformers' `examples/pytorch/image-classification/run_image_classification.py`. It runs unchanged
 under `python`, `accelerate launch` and `torchrun`; `trainer_scripts/run.py` and `hf-nullspace finetune` call
-`main`. With no arguments it runs the embedded offline default (`assets/default_run.json`).
+`main`. With no model and no dataset named, the embedded offline default (`assets/default_run.json`) is the base
+that the arguments override (`run_config.py`); the output folder is resumed, started over or refused as
+`run_folder.py` says.
 """
 
 import json
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import transformers
-from datasets import ClassLabel
+from datasets import ClassLabel, Value
 from transformers import (
     AutoImageProcessor,
     HfArgumentParser,
@@ -35,11 +37,13 @@ from .data import (
     transforms_from_image_processor,
 )
 from .data.bundled import ASSETS
+from .data.checks import cast_string_labels
 from .data.heldout import HeldOutSplit, carve_held_out, held_out_spec, scored_rows
 from .data.streams import ReadTally, keyed_stream, split_stream
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
-from .noise_bank import last_complete_checkpoint
 from .results import DatasetRef, RunResults
+from .run_config import HELP_DESCRIPTION, HelpFormatter, parse_with_base
+from .run_folder import resume_point, run_arguments, start_run_folder
 from .trainer import NullspaceTrainer
 
 logger = logging.getLogger(__name__)
@@ -57,16 +61,16 @@ class AugmentationEpoch(TrainerCallback):
         self.transform.epoch = int((state.epoch or 0) + 1e-6)
 
 
-DEFAULT_RUN = ASSETS / "default_run.json"
-
-
 @dataclass
 class ModelArguments:
     """Which model and image processor to finetune."""
 
-    model_name_or_path: str = field(
-        default=str(ASSETS / "vit-tiny-mnist"),
-        metadata={"help": "Hub model id or local folder of the model to finetune (defaults to the bundled ViT)."},
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub model id or local folder of the model to finetune (the bundled ViT when neither a model nor "
+            "a dataset is named)."
+        },
     )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Image processor id or folder, if not the model's own."}
@@ -93,9 +97,12 @@ class ModelArguments:
 class DataTrainingArguments:
     """Which data to train and evaluate on, and how to read it."""
 
-    dataset_name: str = field(
-        default=str(ASSETS / "mnist"),
-        metadata={"help": "Hub dataset id, local imagefolder, or local parquet/arrow files or folder."},
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, local imagefolder, or local parquet/arrow files or folder (the bundled MNIST "
+            "when neither a model nor a dataset is named)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
@@ -167,30 +174,41 @@ class DataTrainingArguments:
     )
 
 
-def parse_args(argv: list[str] | None = None):
+@dataclass
+class RunTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` with `overwrite_output_dir`, which transformers 5 removed."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output folder that holds a run (its checkpoints and files are deleted), instead "
+            "of resuming an unfinished run with the same arguments or refusing."
+        },
+    )
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None):
     """
-    Parses the argument groups from `argv`, a single .json/.yaml file, or the embedded default: `(model, data,
-    nullspace, training, adversarial, lora)` arguments (`build_trainer(*parse_args(argv))` takes them all).
+    Parses the argument groups: `(model, data, nullspace, training, adversarial, lora)` arguments
+    (`build_trainer(*parse_args(argv))` takes them all). A .json/.yaml file (first, or after `--config`) is the base
+    that the other arguments override; with no model and no dataset named, the embedded default run is the base under
+    it (`run_config.py`).
     """
     parser = HfArgumentParser(
         (
             ModelArguments,
             DataTrainingArguments,
             NullspaceArguments,
-            TrainingArguments,
+            RunTrainingArguments,
             AdversarialArguments,
             LoraArguments,
-        )
+        ),
+        prog=prog,
+        description=HELP_DESCRIPTION,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,  # an abbreviated --model_name_or_path would hide that a model was named
     )
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        logger.info("No arguments: running the embedded offline default (%s).", DEFAULT_RUN)
-        return parser.parse_dict(json.loads(DEFAULT_RUN.read_text()))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(argv)
+    return parse_with_base(parser, sys.argv[1:] if argv is None else argv)
 
 
 def _label_names(dataset, label_column: str, model_config) -> list[str]:
@@ -209,6 +227,15 @@ def _label_names(dataset, label_column: str, model_config) -> list[str]:
 def _accuracy(eval_prediction) -> dict:
     predictions = np.argmax(eval_prediction.predictions, axis=-1)
     return {"accuracy": float((predictions == eval_prediction.label_ids).mean())}
+
+
+def _with_row_keys(raw, streaming: bool):
+    """`raw` with its row index as the column `ROW_KEY`."""
+    if streaming:
+        features = (raw.features or raw._resolve_features().features).copy()
+        features[ROW_KEY] = Value("int64")
+        return raw.map(lambda _, i: {ROW_KEY: i}, with_indices=True, features=features)
+    return raw.add_column(ROW_KEY, list(range(len(raw))))
 
 
 def build_trainer(model_args, data_args, nullspace_args, training_args, adversarial_args=None, lora_args=None):
@@ -255,6 +282,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
     config = transformers.AutoConfig.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token
     )
+    train_raw, eval_raw = cast_string_labels(train_raw, eval_raw, label_column, config)
     labels = _label_names(train_raw, label_column, config)
     if config.num_labels != len(labels) and not model_args.ignore_mismatched_sizes:
         raise ValueError(
@@ -292,25 +320,23 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
         "train": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
         "eval": SkipCounter(max_skip_fraction=data_args.max_skip_fraction),
     }
-    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes; a stream
-    # is keyed by the one-process index and split per process before decoding (data/streams.py)
+    # each row's augmentation is keyed by (seed, epoch, row index), never by loading order: exact resumes; the
+    # counters count each row once, however often it is read. A stream is keyed by the one-process index and split
+    # per process before decoding (data/streams.py)
+    prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels), key_column=ROW_KEY)
     if data_args.streaming:
         tally = ReadTally()
         train_raw = keyed_stream(train_raw, ROW_KEY, tally)
         train_raw = split_stream(train_raw, ROW_KEY, training_args.process_index, training_args.world_size, tally)
     else:
-        train_raw = train_raw.add_column(ROW_KEY, list(range(len(train_raw))))
-    prepare = dict(image_column=image_column, label_column=label_column, num_labels=len(labels))
+        train_raw = _with_row_keys(train_raw, streaming=False)
     # a stream decodes one training batch at a time, so that its saved position falls between two batches
     batch = training_args.per_device_train_batch_size if data_args.streaming else 64
-    train_dataset = prepare_dataset(
-        train_raw, train_transform, counter=counters["train"], key_column=ROW_KEY, batch_size=batch, **prepare
-    )
-    eval_dataset = (
-        prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
-        if eval_raw is not None
-        else None
-    )
+    train_dataset = prepare_dataset(train_raw, train_transform, counter=counters["train"], batch_size=batch, **prepare)
+    eval_dataset = None
+    if eval_raw is not None:
+        eval_raw = _with_row_keys(eval_raw, data_args.streaming)
+        eval_dataset = prepare_dataset(eval_raw, eval_transform, counter=counters["eval"], **prepare)
     trainer = NullspaceTrainer(
         model=model,
         args=training_args,
@@ -424,17 +450,21 @@ class StageClock:
         logger.info("Stage %r took %.1f s", stage, self.seconds[stage])
 
 
-def main(argv: list[str] | None = None) -> RunResults | None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> RunResults | None:
     """Runs the whole job and returns its results (also in `output_dir/results.json`), on the main process."""
     from .robustness.suites import parse_pairs
 
-    model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = parse_args(argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        level=logging.INFO if training_args.should_log else logging.WARNING,
-    )
-    transformers.utils.logging.set_verbosity(logging.INFO if training_args.should_log else logging.WARNING)
+    arguments = parse_args(argv, prog=prog)
+    model_args, data_args, nullspace_args, training_args, adversarial_args, lora_args = arguments
+    log_level = training_args.get_process_log_level()  # warning unless asked for (--log_level info)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    if training_args.device.type == "cpu":  # pinned memory needs an accelerator: torch warns at every data loader
+        training_args.dataloader_pin_memory = False
     set_seed(training_args.seed)
+    training, run_args = training_args.do_train or not training_args.do_eval, run_arguments(*arguments)
+    if training:  # resume, start over or refuse (run_folder.py), before anything is loaded
+        checkpoint = resume_point(training_args, run_args)
     # with --push_to_hub the trainer pushes the run's allowed files at every save under --hub_strategy, and the
     # finished run (card with the robustness results) at the end
     push_to_hub = training_args.push_to_hub
@@ -457,6 +487,8 @@ def main(argv: list[str] | None = None) -> RunResults | None:
     clock.mark("data, model and trainer")
     models = {"base": model_args.model_name_or_path, "finetuned": None}
     not_compared = None
+    if model_args.license:  # on every card, the ones pushed at checkpoints (--hub_strategy) too
+        trainer.card_arguments["license"] = model_args.license
     if suite is not None:
         # the eval split is known now: the clean data (the only source not resolved yet) and every model's labels are
         # checked before training; the outcome is handed to the evaluation, which checks no source again
@@ -475,15 +507,10 @@ def main(argv: list[str] | None = None) -> RunResults | None:
         check_models(suite.sources(), configs, resolved, remap=data_args.robustness_remap_labels)
         check_attacks(suite, configs)
         clock.mark("robustness data and label check")
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None:
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("Resuming from %s, the newest complete checkpoint in the output folder.", checkpoint)
-
     metrics = {}
     lora = None
-    if training_args.do_train or not training_args.do_eval:
+    if training:
+        start_run_folder(training_args, run_args, checkpoint)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         if lora_args.merge_lora:  # the output folder (and the push) hold the merged plain model, not the adapter
             lora = lora_summary(trainer.accelerator.unwrap_model(trainer.model), merged=True)

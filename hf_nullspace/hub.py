@@ -98,6 +98,23 @@ def _allowed(names: list[str], patterns) -> list[str]:
     return sorted(filter_repo_objects(sorted(allowed), ignore_patterns=DENIED_PATTERNS))
 
 
+def check_model_files(output_dir: Path) -> None:
+    """Raises `FileNotFoundError` unless `output_dir` holds a model to push: safetensors weights and their config."""
+    if not output_dir.is_dir():
+        raise FileNotFoundError(
+            f"Nothing to push: {output_dir} is not a folder. Pass the output folder of a run; no repo was created."
+        )
+    names = {path.name for path in output_dir.iterdir() if path.is_file()}
+    weights = {"model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"} & names
+    configs = {"config.json", "adapter_config.json"} & names
+    if not weights or not configs:
+        raise FileNotFoundError(
+            f"Nothing to push: {output_dir} holds no model (it needs model.safetensors, or adapter_model.safetensors, "
+            "with its config.json or adapter_config.json). Pass the output folder of a finished run; no repo was "
+            "created."
+        )
+
+
 def push_run(
     output_dir: str | Path,
     repo_id: str,
@@ -144,6 +161,7 @@ def push_run(
         `str`: the URL of the commit (of the branch's head when nothing changed).
     """
     output_dir = Path(output_dir)
+    check_model_files(output_dir)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if results is None and (output_dir / RESULTS_FILE).is_file():

@@ -44,10 +44,15 @@ def base_model_license(base_model: str | None, *, token: str | None = None) -> t
         card_path, where = base_model, f"the Hub card of {base_model}"
     else:
         return None, f"{base_model} is neither a local folder nor a Hub id"
+    repocard_logger = logging.getLogger("huggingface_hub.repocard")
+    level = repocard_logger.level
+    repocard_logger.setLevel(logging.ERROR)  # "metadata block was not found": said below as "declares no licence"
     try:
         data = ModelCard.load(str(card_path), token=token).data
     except Exception as error:  # offline, not found, gated, malformed YAML: all mean "unknown"
         return None, f"{where} could not be read ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    finally:
+        repocard_logger.setLevel(level)
     license = data.get("license")
     if isinstance(license, list):
         license = license[0] if len(license) == 1 else None

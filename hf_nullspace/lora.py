@@ -1,4 +1,4 @@
-"""LoRA finetuning through `peft` (optional extra `hf-nullspace[peft]`): every mode of the trainer on a budget.
+"""LoRA finetuning through `peft` (`pip install peft`, the extra `[peft]`): every mode of the trainer on a budget.
 
 `apply_lora` wraps an image classifier in a `peft.PeftModel`: low-rank adapters on the attention projections
 (`query`, `value` by default), the classifier head trained fully (`modules_to_save`), everything else frozen, the
@@ -97,7 +97,10 @@ def _peft():
     try:
         import peft
     except ImportError as error:
-        raise ImportError("LoRA needs the `peft` package: `pip install hf-nullspace[peft]`.") from error
+        raise ImportError(
+            'LoRA needs the `peft` package: `pip install peft` (or `pip install -e ".[peft]"` in a clone of this '
+            "project)."
+        ) from error
     return peft
 
 

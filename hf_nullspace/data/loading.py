@@ -63,7 +63,7 @@ def find_columns(
                 return name
         raise ValueError(
             f"Could not find the {what.lower()} column among {list(candidates)}; available columns: {columns}. "
-            f"Pass `{argument}=` to name it."
+            f"Pass --{argument}_name (the main job) or `{argument}=` (`find_columns`) to name it."
         )
 
     return (

@@ -8,6 +8,7 @@ stream. A `SkipCounter` keeps the counts and raises once too large a fraction of
 from __future__ import annotations
 
 import io
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -19,6 +20,10 @@ from datasets.utils.file_utils import xopen
 from PIL import Image, ImageFile
 
 from .transforms import to_rgb
+
+logger = logging.getLogger(__name__)
+# bad rows named per kind in errors and summaries
+NAMED_ROWS = 5
 
 # Kinds of rows that are dropped; each row is counted under the first problem found (labels are checked first).
 SKIP_KINDS = (
@@ -39,21 +44,29 @@ class SkipCounter:
     """Counts kept, dropped and converted rows, and stops the run when too many rows are dropped.
 
     Counts are per process: with DataLoader workers (`dataloader_num_workers > 0`) each worker holds its own copy.
+    Rows recorded with a `key` are counted once however often they are read (epochs, repeated evaluations), and each
+    dropped row is named (its file, else its row key) in a warning, in `as_dict` and in the error.
 
     Args:
         max_skip_fraction (`float`, *optional*, defaults to `0.01`):
             Largest tolerated fraction of dropped rows among the rows seen.
         min_rows (`int`, *optional*, defaults to `200`):
-            Rows to see before the fraction is checked, so that one bad row among the first few does not stop a run.
+            Rows to see before the fraction is checked, so that one bad row among the first few does not stop a run;
+            fewer when the data has fewer rows (`total`).
+        total (`int`, *optional*):
+            Rows of the data, when known: once all were seen the fraction is checked, however few they are.
     """
 
-    def __init__(self, max_skip_fraction: float = 0.01, min_rows: int = 200):
+    def __init__(self, max_skip_fraction: float = 0.01, min_rows: int = 200, total: int | None = None):
         if not 0 <= max_skip_fraction <= 1:
             raise ValueError(f"`max_skip_fraction` must be in [0, 1], got {max_skip_fraction}.")
         self.max_skip_fraction = max_skip_fraction
         self.min_rows = min_rows
+        self.total = total
         self.seen = 0
         self.counts: Counter[str] = Counter()
+        self.named: dict[str, list[str]] = {}
+        self._keys: set = set()
 
     @property
     def skipped(self) -> int:
@@ -70,24 +83,43 @@ class SkipCounter:
         """Dropped rows over rows seen (0 before any row)."""
         return self.skipped / self.seen if self.seen else 0.0
 
-    def record(self, kind: str | None = None, converted_mode: str | None = None) -> None:
-        """Records one row: dropped as `kind`, or kept (and converted from `converted_mode` when given)."""
+    def record(
+        self, kind: str | None = None, converted_mode: str | None = None, key=None, name: str | None = None
+    ) -> None:
+        """
+        Records one row: dropped as `kind`, or kept (and converted from `converted_mode` when given). A row with a
+        `key` seen before is not counted again; `name` (its file, say) names a dropped row.
+        """
+        if key is not None:
+            if key in self._keys:
+                return
+            self._keys.add(key)
         self.seen += 1
         if kind is not None:
             if kind not in SKIP_KINDS:
                 raise ValueError(f"Unknown skip kind {kind!r}; expected one of {SKIP_KINDS}.")
             self.counts[kind] += 1
+            name = name or (f"row {key}" if key is not None else None)
+            if name is not None:
+                logger.warning("Dropped %s: %s.", name, kind.replace("_", " "))
+                if len(self.named.setdefault(kind, [])) < NAMED_ROWS:
+                    self.named[kind].append(name)
         elif converted_mode is not None:
             self.counts[f"converted_{converted_mode}"] += 1
 
     def check(self) -> None:
         """Raises `BadRowsError` once at least `min_rows` rows were seen and too many of them were dropped."""
-        if self.seen >= self.min_rows and self.skip_fraction > self.max_skip_fraction:
-            details = ", ".join(f"{kind}={self.counts[kind]}" for kind in SKIP_KINDS if self.counts[kind])
+        enough = min(self.min_rows, self.total) if self.total else self.min_rows
+        if self.seen >= enough and self.skip_fraction > self.max_skip_fraction:
+            details = ", ".join(
+                f"{kind}={self.counts[kind]}" + (f" ({', '.join(self.named[kind])})" if self.named.get(kind) else "")
+                for kind in SKIP_KINDS
+                if self.counts[kind]
+            )
             raise BadRowsError(
                 f"Dropped {self.skipped} of {self.seen} rows ({self.skip_fraction:.2%}), more than the allowed "
-                f"{self.max_skip_fraction:.2%}: {details}. Check the dataset, the image/label columns and "
-                "`num_labels`, or raise `max_skip_fraction`."
+                f"{self.max_skip_fraction:.2%}: {details}. Fix or remove these rows, check the image/label columns "
+                "and `num_labels`, or raise `max_skip_fraction` (`--max_skip_fraction`)."
             )
 
     def as_dict(self) -> dict:
@@ -97,6 +129,7 @@ class SkipCounter:
             "kept": self.kept,
             "skipped": self.skipped,
             "counts": dict(sorted(self.counts.items())),
+            **({"named": {kind: list(names) for kind, names in self.named.items()}} if self.named else {}),
         }
 
 
@@ -177,6 +210,12 @@ def read_row(
     return image, int(label), None, None if mode == "RGB" else mode
 
 
+def _file_name(row_images: Sequence) -> str | None:
+    value = _first_present(row_images)
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return f"file {path}" if path else None
+
+
 def prepare_batch(
     batch: dict[str, list],
     transform: Callable[[Image.Image], torch.Tensor],
@@ -199,8 +238,9 @@ def prepare_batch(
         counter (`SkipCounter`): Receives the counts; raises when too many rows are dropped.
         label_fn (`Callable`, *optional*): Maps the label cell to an int label (e.g. a WordNet id to its index);
             `KeyError`/`ValueError` from it count as `unmapped_label`.
-        key_column (`str`, *optional*): Column identifying each row; with a transform that has `rng_for` (the
-            `TrainTransform`), each row's augmentation is drawn from `transform.rng_for(key)`.
+        key_column (`str`, *optional*): Column identifying each row: it is counted once however often it is read,
+            and with a transform that has `rng_for` (the `TrainTransform`) its augmentation is drawn from
+            `transform.rng_for(key)`.
 
     Returns:
         `dict[str, list]`: `{"pixel_values": [tensor, ...], "labels": [int, ...]}` for the kept rows.
@@ -210,11 +250,12 @@ def prepare_batch(
     for index, raw_label in enumerate(batch[label_column]):
         values = [batch[column][index] for column in image_columns]
         image, label, kind, converted = read_row(values, raw_label, num_labels, label_fn)
-        counter.record(kind, converted_mode=converted)
+        key = batch[key_column][index] if key_column is not None else None
+        counter.record(kind, converted_mode=converted, key=key, name=_file_name(values) if kind else None)
         if kind is not None:
             continue
         if key_column is not None and hasattr(transform, "rng_for"):
-            pixel_values.append(transform(image, rng=transform.rng_for(batch[key_column][index])))
+            pixel_values.append(transform(image, rng=transform.rng_for(key)))
         else:
             pixel_values.append(transform(image))
         labels.append(label)
@@ -262,13 +303,16 @@ def prepare_dataset(
     for column in image_columns:
         if isinstance(dataset.features.get(column), datasets.Image):
             dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    counter = counter if counter is not None else SkipCounter()
+    if isinstance(dataset, Dataset) and counter.total is None:
+        counter.total = len(dataset)
     prepare = partial(
         prepare_batch,
         transform=transform,
         image_column=image_columns,
         label_column=label_column,
         num_labels=num_labels,
-        counter=counter if counter is not None else SkipCounter(),
+        counter=counter,
         label_fn=label_fn,
         key_column=key_column,
     )

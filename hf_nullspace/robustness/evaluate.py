@@ -490,7 +490,8 @@ def _score_source(
         buffer["rows"] = []
 
     rows = iter_row_range(opened.rows, start, stop, reads)
-    rows = tqdm(rows, desc=f"{suite.name}: {source}", unit="row", disable=not progress)
+    total = stop - start if stop is not None else None  # the rows this process reads
+    rows = tqdm(rows, desc=f"{suite.name}: {source}", unit="row", total=total, disable=not progress)
     for index, row in rows:
         owned = []
         for evaluation in evaluations:

@@ -305,7 +305,12 @@ class RobustnessReport:
         }
 
     def to_markdown(self) -> str:
-        """A table: one row per result, one column per model (percentages), and the change when there are two."""
+        """
+        A table: one row per result (attack budgets as the card writes them, `fgsm@1/255`), one column per model
+        (percentages), and the change when there are two.
+        """
+        from ..card import readable_benchmark
+
         names = list(self.rows)
         header = "| benchmark | metric | " + " | ".join(names) + (" | change |" if len(names) == 2 else " |")
         lines = [header, "|" + "---|" * (2 + len(names) + (len(names) == 2))]
@@ -315,7 +320,7 @@ class RobustnessReport:
             cells = [f"{100 * v:.2f}" if v is not None else "—" for v in values]
             if len(names) == 2:
                 cells.append(f"{100 * (values[1] - values[0]):+.2f}" if None not in values else "—")
-            lines.append(f"| {benchmark} | {metric} | " + " | ".join(cells) + " |")
+            lines.append(f"| {readable_benchmark(benchmark)} | {metric} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def value(self, model: str, benchmark: str, metric: str = "accuracy") -> float | None:
