@@ -130,6 +130,18 @@ def _adam(param, grad, state: dict, step: torch.Tensor, lr: torch.Tensor, betas=
     return param - _per_example(lr, param) / (1 - beta1**step) * state["m"] / denom
 
 
+def _check_last_iterates(model, adv, labels, active):
+    """Early stop: examples past their last step (not `active`) only need their last iterate checked, by a forward
+    without gradient. Returns `broken` (filled for those) and the index of the active rows (a slice when all are
+    active, `None` when none is)."""
+    broken = torch.zeros_like(active)
+    if bool(active.all()):
+        return broken, slice(None)
+    with torch.no_grad():
+        broken[~active] = model(adv[~active]).argmax(-1) != labels[~active]
+    return broken, (active if bool(active.any()) else None)
+
+
 class PGD(IterativeAttack):
     """The steps of [`pgd`] (same arguments, plus `early_stop`)."""
 
@@ -155,24 +167,26 @@ class PGD(IterativeAttack):
 
     def step(self, model, state):
         images, labels, adv, steps = state["images"], state["labels"], state["adv"], state["t"]
-        active = steps < self.steps
-        if not bool(active.any()):  # early stop: only the last iterates left to check
-            with torch.no_grad():
-                return model(adv).argmax(-1) != labels, ~active
-        adv = adv.detach().requires_grad_(True)
-        logits = model(adv)
-        grad = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), adv)[0]
-        adv = adv.detach()
-        broken = logits.detach().argmax(-1) != labels
+        broken, active = _check_last_iterates(model, adv, labels, steps < self.steps)
+        if active is None:
+            return broken, torch.ones_like(broken)
+        x = adv[active].detach().requires_grad_(True)
+        logits = model(x)
+        grad = torch.autograd.grad(F.cross_entropy(logits, labels[active], reduction="sum"), x)[0]
+        x = x.detach()
+        broken[active] = logits.detach().argmax(-1) != labels[active]
         if self.norm == "linf":
-            delta = (adv + self.step_size * grad.sign() - images).clamp(-self.epsilon, self.epsilon)
+            delta = (x + self.step_size * grad.sign() - images[active]).clamp(-self.epsilon, self.epsilon)
         else:
-            delta = adv + self.step_size * grad / (_flat_norm(grad) + 1e-10) - images
+            delta = x + self.step_size * grad / (_flat_norm(grad) + 1e-10) - images[active]
             delta = delta * (self.epsilon / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1)
-        move = active & ~broken if self.early_stop else active
-        state["adv"] = torch.where(_per_example(move, adv), (images + delta).clamp(0, 1), adv)
-        state["t"] = steps + move
-        return broken, ~active if self.early_stop else state["t"] >= self.steps
+        move = ~broken[active] if self.early_stop else torch.ones_like(broken[active])
+        adv = adv.clone()
+        adv[active] = torch.where(_per_example(move, x), (images[active] + delta).clamp(0, 1), x)
+        state["adv"] = adv
+        state["t"] = steps.clone()
+        state["t"][active] += move
+        return broken, state["t"] >= self.steps if not self.early_stop else steps >= self.steps
 
     def adversarial(self, state):
         return state["adv"]
@@ -548,26 +562,27 @@ class PatchFool(IterativeAttack):
         }
 
     def step(self, model, s):
-        labels, background, mask, steps = s["labels"], s["background"], s["mask"], s["t"]
-        active = steps < self.steps
-        if not bool(active.any()):  # early stop: only the last iterates left to check
-            with torch.no_grad():
-                return model(self.adversarial(s)).argmax(-1) != labels, ~active
-        patch = s["patch"].detach().requires_grad_(True)
-        adv = background + patch * mask
+        labels, steps = s["labels"], s["t"]
+        broken, active = _check_last_iterates(model, self.adversarial(s), labels, steps < self.steps)
+        if active is None:
+            return broken, torch.ones_like(broken)
+        patch = s["patch"][active].detach().requires_grad_(True)
+        mask, rows = s["mask"][active], labels[active]
+        adv = s["background"][active] + patch * mask
         layers = list(self.attention_layers) if self.attention_weight else []
         if layers:
             logits, attentions = model.logits_and_attentions(adv)
         else:
             logits, attentions = model(adv), ()
-        loss = F.cross_entropy(logits, labels, reduction="sum")
+        loss = F.cross_entropy(logits, rows, reduction="sum")
         grad = torch.autograd.grad(loss, patch, retain_graph=bool(layers))[0]
         if layers:
             ce_grad = grad.flatten(1)
             attention_grad_total = torch.zeros_like(ce_grad)
+            token_index = s["token_index"][active]
             for i, layer in enumerate(layers):
                 attention = attentions[layer].mean(dim=1)
-                received = attention.gather(2, s["token_index"].expand(-1, attention.shape[1], -1))
+                received = attention.gather(2, token_index.expand(-1, attention.shape[1], -1))
                 attention_loss = received.log().sum(dim=2).mean(dim=1).sum()
                 retain = i < len(layers) - 1
                 attention_grad = torch.autograd.grad(attention_loss, patch, retain_graph=retain)[0].flatten(1)
@@ -577,17 +592,19 @@ class PatchFool(IterativeAttack):
                 attention_grad_total += torch.where(conflict, attention_grad - projection, attention_grad)
             grad = grad + self.attention_weight * attention_grad_total.view_as(grad)
         with torch.no_grad():
-            broken = logits.detach().argmax(-1) != labels
-            move = active & ~broken if self.early_stop else active
-            lr = self.lr * self.lr_gamma ** torch.div(steps, self.lr_step_size, rounding_mode="floor").to(grad.dtype)
-            moments = {"m": s["m"], "v": s["v"]}
-            updated = _adam(patch.detach(), -grad, moments, steps + 1, lr).clamp(0, 1)  # Adam, maximising
+            broken[active] = logits.detach().argmax(-1) != rows
+            move = ~broken[active] if self.early_stop else torch.ones_like(rows, dtype=torch.bool)
+            taken = steps[active]
+            lr = self.lr * self.lr_gamma ** torch.div(taken, self.lr_step_size, rounding_mode="floor").to(grad.dtype)
+            moments = {"m": s["m"][active], "v": s["v"][active]}
+            updated = _adam(patch.detach(), -grad, moments, taken + 1, lr).clamp(0, 1)  # Adam, maximising
             keep = _per_example(move, grad)
-            s["patch"] = torch.where(keep, updated, patch.detach())
-            s["m"] = torch.where(keep, moments["m"], s["m"])
-            s["v"] = torch.where(keep, moments["v"], s["v"])
-            s["t"] = steps + move
-        return broken, ~active if self.early_stop else s["t"] >= self.steps
+            for key, new in (("patch", updated), ("m", moments["m"]), ("v", moments["v"])):
+                s[key] = s[key].clone()
+                s[key][active] = torch.where(keep, new, s[key][active])
+            s["t"] = steps.clone()
+            s["t"][active] += move
+        return broken, s["t"] >= self.steps if not self.early_stop else steps >= self.steps
 
     def adversarial(self, state):
         return (state["background"] + state["patch"] * state["mask"]).detach()
