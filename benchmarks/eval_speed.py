@@ -45,34 +45,38 @@ from hf_nullspace.robustness import evaluate_robustness
 path = sys.argv[1]
 finetuned = load_classifier(path).eval()
 processor = AutoImageProcessor.from_pretrained(path)
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 report = evaluate_robustness({"base": path, "finetuned": finetuned}, image_processor=processor, suite="mnist",
                              max_samples=1000, batch_size=250, seed=42, progress=False)
-seconds = time.perf_counter() - start
+seconds, wall = time.process_time() - cpu, time.perf_counter() - start
 values = {m["name"]: {r["benchmark"]: r["value"] for r in m["results"]} for m in report.to_dict()["models"]}
-print("RESULT " + json.dumps({"seconds": seconds, "values": values}))
+print("RESULT " + json.dumps({"seconds": seconds, "wall_seconds": wall, "values": values}))
 """
 
 
-def run_stage(code_root: str) -> dict:
+def start_stage(code_root: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=code_root, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    out = subprocess.run(
-        [sys.executable, "-c", STAGE, os.path.join(ASSETS, MODELS["mnist"])],
-        env=env,
-        cwd=code_root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    command = [sys.executable, "-c", STAGE, os.path.join(ASSETS, MODELS["mnist"])]
+    return subprocess.Popen(
+        command, env=env, cwd=code_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+def stage_result(process: subprocess.Popen) -> dict:
+    out, _ = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"the mnist stage failed with exit code {process.returncode}")
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
 
 def mnist_stage(before: str, repeats: int) -> dict:
+    """Before and after run at the same time (two processes, one thread each), `repeats` times."""
     runs = {"before": [], "after": []}
     for _ in range(repeats):
-        for label, root in (("before", before), ("after", ROOT)):
-            runs[label].append(run_stage(root))
-            print(f"  mnist stage {label}: {runs[label][-1]['seconds']:.1f} s", flush=True)
+        started = {"before": start_stage(before), "after": start_stage(ROOT)}
+        for label, process in started.items():
+            runs[label].append(stage_result(process))
+            print(f"  mnist stage {label}: {runs[label][-1]['seconds']:.1f} s CPU", flush=True)
     seconds = {label: statistics.median(r["seconds"] for r in result) for label, result in runs.items()}
     values = {label: result[0]["values"] for label, result in runs.items()}
     same, pgd_not_higher = [], []
@@ -83,8 +87,8 @@ def mnist_stage(before: str, repeats: int) -> dict:
                 new <= value if row.startswith("pgd") else new == value
             )
     return {
-        "seconds": seconds,
-        "all_seconds": {label: [r["seconds"] for r in result] for label, result in runs.items()},
+        "cpu_seconds": seconds,
+        "runs": runs,
         "ratio": seconds["after"] / seconds["before"],
         "values": values,
         "clean_fgsm_corruption_identical": all(same),
@@ -93,7 +97,8 @@ def mnist_stage(before: str, repeats: int) -> dict:
 
 
 def _rows(name: str, textures_dir: str, count: int = 1000):
-    """(data path, images in [0, 1] as the evaluation prepares them, labels) of the first `count` test rows."""
+    """(data path, images in [0, 1] as the evaluation prepares them, labels) of `count` test rows, evenly spaced as
+    `evaluate_robustness(max_samples=count)` reads them."""
     import torch
     from transformers import AutoImageProcessor
 
@@ -102,7 +107,9 @@ def _rows(name: str, textures_dir: str, count: int = 1000):
     data = os.path.join(ASSETS, "mnist") if name == "mnist" else textures_dir
     processor = AutoImageProcessor.from_pretrained(os.path.join(ASSETS, MODELS[name]))
     _, transform = transforms_from_image_processor(processor, normalize=False)
-    rows = load_image_dataset(data, split="test").select(range(count))
+    rows = load_image_dataset(data, split="test")
+    total = len(rows)
+    rows = rows.select([i for i in range(total) if ((i + 1) * count) // total > (i * count) // total])
     images = torch.stack([transform(image) for image in rows["image"]])
     return data, images, torch.tensor(rows["label"])
 
@@ -129,7 +136,7 @@ def torchattacks_loop(model, images, labels, budgets, batch_size: int) -> dict:
     return {key: value / len(labels) for key, value in hits.items()}
 
 
-def attacks_suite(textures_dir: str, repeats: int) -> dict:
+def attacks_suite(name: str, textures_dir: str, repeats: int, rows: int) -> dict:
     import torch
     from transformers import AutoImageProcessor
 
@@ -140,37 +147,32 @@ def attacks_suite(textures_dir: str, repeats: int) -> dict:
 
     torch.manual_seed(0)
     budgets = tuple(k / 255 for k in (1, 2, 4, 8))
-    out = {}
-    for name, folder in MODELS.items():
-        path = os.path.join(ASSETS, folder)
-        model = load_classifier(path).eval()
-        processor = AutoImageProcessor.from_pretrained(path)
-        data, images, labels = _rows(name, textures_dir)
-        spec = spec_from_source(data, split="test", name=name, num_classes=10)
-        suite = get_suite("attacks", data=spec)
-        wrapped = PixelSpaceClassifier.from_image_processor(model, processor).eval()
-        times = {"ours": [], "torchattacks": []}
-        for _ in range(repeats):
-            start = time.perf_counter()
-            report = evaluate_robustness(
-                {name: model}, processor, suite=suite, max_samples=1000, batch_size=250, seed=0, progress=False
-            )
-            times["ours"].append(time.perf_counter() - start)
-            model.eval()  # the wrapper of evaluate_robustness leaves the model in train mode (fixed elsewhere)
-            start = time.perf_counter()
-            oracle = torchattacks_loop(wrapped, images, labels, budgets, 250)
-            times["torchattacks"].append(time.perf_counter() - start)
-            last = {key: value[-1] for key, value in times.items()}
-            print(f"  attacks suite {name}: ours {last['ours']:.1f} s, torchattacks {last['torchattacks']:.1f} s")
-        ours = {r["benchmark"]: r["value"] for r in report.to_dict()["models"][0]["results"]}
-        seconds = {key: statistics.median(value) for key, value in times.items()}
-        out[name] = {
-            "seconds": seconds,
-            "all_seconds": times,
-            "ratio": seconds["ours"] / seconds["torchattacks"],
-            "accuracy": {"ours": ours, "torchattacks": oracle},
-        }
-    return out
+    path = os.path.join(ASSETS, MODELS[name])
+    model = load_classifier(path).eval()
+    processor = AutoImageProcessor.from_pretrained(path)
+    data, images, labels = _rows(name, textures_dir, rows)
+    suite = get_suite("attacks", data=spec_from_source(data, split="test", name=name, num_classes=10))
+    wrapped = PixelSpaceClassifier.from_image_processor(model, processor).eval()
+    times = {"ours": [], "torchattacks": []}
+    for _ in range(repeats):
+        start = time.process_time()
+        report = evaluate_robustness(
+            {name: model}, processor, suite=suite, max_samples=rows, batch_size=250, seed=0, progress=False
+        )
+        times["ours"].append(time.process_time() - start)
+        model.eval()  # the wrapper of evaluate_robustness leaves the model in train mode (fixed elsewhere)
+        start = time.process_time()
+        oracle = torchattacks_loop(wrapped, images, labels, budgets, 250)
+        times["torchattacks"].append(time.process_time() - start)
+    ours = {r["benchmark"]: r["value"] for r in report.to_dict()["models"][0]["results"]}
+    seconds = {key: statistics.median(value) for key, value in times.items()}
+    return {
+        "rows": rows,
+        "cpu_seconds": seconds,
+        "all_cpu_seconds": times,
+        "ratio": seconds["ours"] / seconds["torchattacks"],
+        "accuracy": {"ours": ours, "torchattacks": oracle},
+    }
 
 
 def early_stop_rates(textures_dir: str, count: int) -> dict:
@@ -217,15 +219,12 @@ def figure(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, before, after = (
-        ["mnist suite\n(default run)"],
-        [results["mnist_stage"]["seconds"]["before"]],
-        [results["mnist_stage"]["seconds"]["after"]],
-    )
+    stage = results["mnist_stage"]["cpu_seconds"]
+    labels, before, after = ["mnist suite\n(default run stage)"], [stage["before"]], [stage["after"]]
     for name, entry in results["attacks_suite"].items():
         labels.append(f"attacks suite\n{name}")
-        before.append(entry["seconds"]["torchattacks"])
-        after.append(entry["seconds"]["ours"])
+        before.append(entry["cpu_seconds"]["torchattacks"])
+        after.append(entry["cpu_seconds"]["ours"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], before, 0.4, label="before (17a39b1) / torchattacks loop")
@@ -233,7 +232,7 @@ def figure(results: dict, path: str) -> None:
     for x, b, a in zip(xs, before, after):
         ax.text(x + 0.2, a, f"{a / b:.2f}x", ha="center", va="bottom", fontsize=9)
     ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("seconds (median, 1 torch thread)")
+    ax.set_ylabel("CPU seconds (1 torch thread)")
     ax.set_title("Robustness evaluation time, side by side")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -243,42 +242,63 @@ def figure(results: dict, path: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="checkout of the earlier commit (git worktree add DIR COMMIT)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--attack-rows", type=int, default=500, help="rows per model of the attacks suite")
     parser.add_argument("--textures-dir", default="/tmp/hf_nullspace_eval_speed/textures-data")
     parser.add_argument("--early-stop-examples", type=int, default=200)
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # one part, run by the main process in a subprocess
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if args.part:
+        name, _, model = args.part.partition(":")
+        if name == "attacks":
+            result = attacks_suite(model, args.textures_dir, args.repeats, args.attack_rows)
+        else:
+            result = early_stop_rates(args.textures_dir, args.early_stop_examples)
+        print("RESULT " + json.dumps(result))
+        return
     if not os.path.isfile(os.path.join(args.textures_dir, "test.parquet")):
         script = os.path.join(ROOT, "trainer_scripts", "train_base_model.py")
         command = [sys.executable, script, "--dataset", "textures", "--data-only", "--data-dir", args.textures_dir]
         subprocess.run(command, check=True, capture_output=True)
+    # the parts run at the same time, one process and one thread each (the machine is shared: CPU time is reported)
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    parts = {}
+    for part in ("attacks:mnist", "attacks:textures", "early_stop"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--part", part]
+        parts[part] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     before_commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=args.before, capture_output=True, text=True
     ).stdout.strip()
+    stage = mnist_stage(args.before, args.repeats)
+    finished = {}
+    for part, process in parts.items():
+        out, _ = process.communicate()
+        finished[part] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     results = {
         "machine": {"platform": platform.platform(), "torch_threads": 1, "load_average": os.getloadavg()},
+        "measure": "CPU seconds of each process (one torch thread), all parts running at the same time",
         "before_commit": before_commit,
         "repeats": args.repeats,
-        "mnist_stage": mnist_stage(args.before, args.repeats),
-        "attacks_suite": attacks_suite(args.textures_dir, args.repeats),
-        "early_stop": early_stop_rates(args.textures_dir, args.early_stop_examples),
+        "mnist_stage": stage,
+        "attacks_suite": {name: finished[f"attacks:{name}"] for name in MODELS},
+        "early_stop": finished["early_stop"],
     }
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "eval_speed.json"), "w") as f:
         json.dump(results, f, indent=2)
     figure(results, os.path.join(RESULTS, "eval_speed.png"))
-    stage = results["mnist_stage"]
     print(
-        f"\nmnist suite (default run stage): before {stage['seconds']['before']:.1f} s, after "
-        f"{stage['seconds']['after']:.1f} s, ratio {stage['ratio']:.2f}; clean/FGSM/corruption identical: "
+        f"\nmnist suite (default run stage): before {stage['cpu_seconds']['before']:.1f} s, after "
+        f"{stage['cpu_seconds']['after']:.1f} s CPU, ratio {stage['ratio']:.2f}; clean/FGSM/corruption identical: "
         f"{stage['clean_fgsm_corruption_identical']}, PGD not higher: {stage['pgd_not_higher']}"
     )
     for name, entry in results["attacks_suite"].items():
         print(
-            f"attacks suite {name}: ours {entry['seconds']['ours']:.1f} s, torchattacks loop "
-            f"{entry['seconds']['torchattacks']:.1f} s, ratio {entry['ratio']:.2f}"
+            f"attacks suite {name}: ours {entry['cpu_seconds']['ours']:.1f} s, torchattacks loop "
+            f"{entry['cpu_seconds']['torchattacks']:.1f} s CPU, ratio {entry['ratio']:.2f}"
         )
     print(json.dumps(results["early_stop"], indent=2))
 
