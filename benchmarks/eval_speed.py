@@ -203,11 +203,15 @@ def early_stop_rates(textures_dir: str, count: int) -> dict:
             keep = correct.nonzero().squeeze(1)
             generators = [torch.Generator().manual_seed(int(i)) for i in keep]
             queue.put(images[keep], labels[keep], keep.tolist(), generators)
-            robust = torch.cat([r for _, r, _ in queue.run(drain=True)])
-            attacked = int(correct.sum())
+            results = queue.run(drain=True)
+            robust = {key: bool(r) for keys, flags, _ in results for key, r in zip(keys, flags)}
+            steps = {flag: [queue.steps_taken[k] for k, r in robust.items() if r == flag] for flag in (True, False)}
             out[name][attack] = {
-                "robust_share_of_attacked": float(robust.float().mean()),
-                "steps_per_attacked_example": sum(queue.batch_sizes) / attacked,
+                "attacked": len(robust),
+                "robust_share_of_attacked": len(steps[True]) / len(robust),
+                "steps_per_attacked_example": sum(queue.batch_sizes) / len(robust),
+                "steps_per_broken_example": statistics.mean(steps[False]) if steps[False] else None,
+                "steps_per_robust_example": statistics.mean(steps[True]) if steps[True] else None,
             }
             print(f"  {name} {attack}: {out[name][attack]}", flush=True)
     return out

@@ -217,6 +217,7 @@ class EarlyStopQueue:
         self._state: dict | None = None
         self._keys: list = []
         self.batch_sizes: list[int] = []  # working batch size of every step taken (for cost accounting)
+        self.steps_taken: dict = {}  # key -> steps the example took (for cost accounting)
 
     def put(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence, generator=None) -> None:
         """Queues examples under `keys` (returned with their results); `generator` as in the attack functions."""
@@ -227,6 +228,7 @@ class EarlyStopQueue:
             return
         with frozen_eval_mode(self.model), self.attack.context(self.model):
             state = self.attack.start(self.model, images.detach(), labels, generator)
+        state["queue_steps"] = torch.zeros(len(keys), dtype=torch.long, device=images.device)
         self._waiting.append((state, list(keys)))
 
     @property
@@ -263,11 +265,13 @@ class EarlyStopQueue:
                     return done
                 self.batch_sizes.append(len(self._keys))
                 broken, finished = self.attack.step(self.model, self._state)
+                self._state["queue_steps"] += 1
                 leave = finished | broken if self.attack.early_stop else finished
                 if bool(leave.any()):
                     adversarial = self.attack.adversarial(self._state)
                     keys = [key for key, out in zip(self._keys, leave.tolist()) if out]
                     done.append((keys, ~broken[leave], adversarial[leave].detach()))
+                    self.steps_taken.update(zip(keys, self._state["queue_steps"][leave].tolist()))
                     stay = ~leave
                     self._state = {k: v[stay] for k, v in self._state.items()}
                     self._keys = [key for key, out in zip(self._keys, leave.tolist()) if not out]
