@@ -8,6 +8,10 @@ input only, leave no parameter `.grad` behind and never touch the global random 
 from `generator`, which defaults to a fresh `torch.Generator` seeded with 0, so results are deterministic. A list of
 generators, one per image, draws each image's start from its own: an image then gets the same start whatever batch
 (or process) it is in, which is how `evaluate_robustness` seeds attacks (per example).
+
+The iterative attacks (PGD, CW, Patch-Fool) are per-example state machines ([`IterativeAttack`]: `PGD`,
+`CarliniWagnerL2`, `PatchFool`). `evaluate_robustness` runs them through an [`EarlyStopQueue`]: each example stops at
+its first misclassified iterate and the next example takes its place in the working batch.
 """
 
 import contextlib
@@ -642,7 +646,8 @@ def patch_fool(
        patches `p` in layer `l` (heads averaged). Each layer's attention gradient is combined with the CE gradient
        through their cosine similarity (per example): where it is negative the attention gradient is projected onto
        the normal plane of the CE gradient (PCGrad), so the attention term never opposes the CE term.
-    3. The patch is clamped to [0, 1] after each step; the final iterate is returned.
+    3. The patch is clamped to [0, 1] after each step; the final iterate is returned (with `early_stop`, the first
+       misclassified one).
 
     Defaults follow the authors' code (GATECH-EIC/Patch-Fool) for DeiT: 250 steps, attention loss weight 0.002, patch
     selection at layer index 4, attention loss on layers `1 .. L // 2 - 1`, Adam with a StepLR schedule
