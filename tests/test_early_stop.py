@@ -158,6 +158,7 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
         [
             Evaluation("clean"),
             Evaluation("fgsm", group="attack", attack="fgsm", params=(("epsilon", 0.1),)),
+            Evaluation("fgsm2", group="attack", attack="fgsm", params=(("epsilon", 0.05),)),
             Evaluation("pgd", group="attack", attack="pgd", params=tuple(pgd_params.items())),
             Evaluation("contrast", group="corruption", corruption="contrast", severity=4),
             Evaluation("noise", group="corruption", corruption="gaussian_noise", severity=3),
@@ -187,12 +188,14 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
     assert wrong  # the check below is not vacuous
     pgd_keys = [key for entry in attacked if isinstance(entry, list) for key in entry]
     assert sorted(pgd_keys) == clean.nonzero().squeeze(1).tolist()  # clean errors are never attacked
-    assert [n for n in attacked if isinstance(n, int)] == [int(clean[i : i + 16].sum()) for i in range(0, 64, 16)]
+    per_batch = [int(clean[i : i + 16].sum()) for i in range(0, 64, 16)]
+    assert [n for n in attacked if isinstance(n, int)] == [n for n in per_batch for _ in range(2)]  # per FGSM row
 
-    old = {"clean": int(clean.sum()), "fgsm": 0, "pgd": 0, "contrast": 0, "noise": 0}
+    old = {"clean": int(clean.sum()), "fgsm": 0, "fgsm2": 0, "pgd": 0, "contrast": 0, "noise": 0}
     for batch, start in enumerate(range(0, 64, 16)):
         x, y = images[start : start + 16], labels[start : start + 16]
         old["fgsm"] += int((_predict(classifier, fgsm(classifier, x, y, 0.1)) == y).sum())
+        old["fgsm2"] += int((_predict(classifier, fgsm(classifier, x, y, 0.05)) == y).sum())
         generators = [
             torch.Generator().manual_seed(evaluate_module._example_seed(5, i)) for i in range(start, start + 16)
         ]
@@ -201,7 +204,6 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
             corrupted = corrupt(x, corruption, severity, generator=5 + batch)
             old[name] += int((_predict(classifier, corrupted) == y).sum())
     new = {name: round(report.value("m", name) * 64) for name in old}
-    assert {k: new[k] for k in ("clean", "fgsm", "contrast", "noise")} == {
-        k: old[k] for k in ("clean", "fgsm", "contrast", "noise")
-    }
+    unchanged = ("clean", "fgsm", "fgsm2", "contrast", "noise")
+    assert {k: new[k] for k in unchanged} == {k: old[k] for k in unchanged}
     assert new["pgd"] <= old["pgd"]

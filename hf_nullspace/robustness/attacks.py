@@ -67,7 +67,20 @@ def _flat_norm(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
 
 
-def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+def loss_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed cross-entropy with respect to the images, in frozen eval mode (FGSM's direction: one
+    gradient serves every budget)."""
+    with frozen_eval_mode(model):
+        return _input_gradient(model, images, labels)
+
+
+def fgsm(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    gradient: torch.Tensor | None = None,
+) -> torch.Tensor:
     """
     Fast Gradient Sign Method (Goodfellow et al., ICLR 2015): one L-inf step `x + epsilon * sign(grad CE)`.
 
@@ -80,13 +93,14 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: 
             True labels.
         epsilon (`float`):
             L-inf budget in [0, 1] pixel units (e.g. `1 / 255`).
+        gradient (`torch.Tensor`, *optional*):
+            `loss_gradient(model, images, labels)` when already computed (several budgets share it).
 
     Returns:
         `torch.Tensor`: adversarial images in [0, 1].
     """
     _check_images(images)
-    with frozen_eval_mode(model):
-        grad = _input_gradient(model, images, labels)
+    grad = loss_gradient(model, images, labels) if gradient is None else gradient
     return (images + epsilon * grad.sign()).clamp(0, 1).detach()
 
 

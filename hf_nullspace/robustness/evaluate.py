@@ -32,7 +32,7 @@ from ..data.registry import label_names_of, open_benchmark
 from ..data.rows import SKIP_KINDS, read_row
 from ..data.sources import resolve_sources
 from ..data.transforms import precropped_transform
-from .attacks import ITERATIVE_ATTACKS, EarlyStopQueue, run_attack
+from .attacks import ITERATIVE_ATTACKS, EarlyStopQueue, loss_gradient, run_attack
 from .corruptions import corrupt
 from .model import PixelSpaceClassifier
 from .report import RobustnessReport
@@ -395,6 +395,7 @@ def _score_source(
     stats = {e.name: _stats() for e in evaluations}
     # the clean forward's verdict per (model, row), and one early-stop queue per (model, iterative attack)
     clean_hits: dict[tuple[str, int], bool] = {}
+    gradients: dict = {}  # per model, FGSM's gradient on the last batch of rows it attacked
     queues = {
         (name, e.name): EarlyStopQueue(
             ITERATIVE_ATTACKS[e.attack](**e.kwargs, early_stop=True), classifier, batch_size=batch_size
@@ -409,7 +410,17 @@ def _score_source(
         buffer = buffers[evaluation.name]
         if buffer["rows"]:
             _score_batch(
-                evaluation, buffer["batch"], buffer["rows"], pipelines, correct, seed, device, bf16, clean_hits, queues
+                evaluation,
+                buffer["batch"],
+                buffer["rows"],
+                pipelines,
+                correct,
+                seed,
+                device,
+                bf16,
+                clean_hits,
+                queues,
+                gradients,
             )
         buffer["rows"] = []
 
@@ -458,7 +469,9 @@ def _score_source(
     return correct, stats
 
 
-def _score_batch(evaluation, batch, rows, pipelines, correct, seed, device, bf16, clean_hits, queues) -> None:
+def _score_batch(
+    evaluation, batch, rows, pipelines, correct, seed, device, bf16, clean_hits, queues, gradients
+) -> None:
     labels = torch.tensor([label for _, label, _ in rows], dtype=torch.long, device=device)
     indices = [index for _, _, index in rows]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -484,6 +497,7 @@ def _score_batch(evaluation, batch, rows, pipelines, correct, seed, device, bf16
                         indices,
                         _clean(classifier, name, images, labels, indices, clean_hits),
                         queues.get((name, evaluation.name)),
+                        gradients,
                     )
 
 
@@ -497,7 +511,7 @@ def _clean(classifier, name, images, labels, indices, clean_hits) -> torch.Tenso
     return torch.tensor([clean_hits[(name, i)] for i in indices], dtype=torch.bool, device=images.device)
 
 
-def _attacked(classifier, images, labels, evaluation: Evaluation, seed: int, indices, clean, queue) -> int:
+def _attacked(classifier, images, labels, evaluation: Evaluation, seed: int, indices, clean, queue, gradients) -> int:
     """Robust hits among the clean-correct images (the others are errors and are not attacked). Iterative attacks
     run through the evaluation's `EarlyStopQueue` (hits counted as examples leave it, maybe in a later batch)."""
     images, labels = images[clean], labels[clean]
@@ -510,6 +524,13 @@ def _attacked(classifier, images, labels, evaluation: Evaluation, seed: int, ind
         return sum(int(robust.sum()) for _, robust, _ in queue.run())
     if not indices:
         return 0
+    if evaluation.attack == "fgsm":  # the FGSM rows of a batch (one per budget) share the gradient
+        rows = (indices, evaluation.corruption, evaluation.severity)
+        cached, gradient = gradients.get(id(classifier), (None, None))
+        if cached != rows:
+            gradient = loss_gradient(classifier, images, labels)
+            gradients[id(classifier)] = (rows, gradient)
+        params["gradient"] = gradient
     attacked = run_attack(evaluation.attack, classifier, images, labels, **params)
     with torch.inference_mode():
         return int((classifier(attacked).argmax(-1) == labels).sum())
