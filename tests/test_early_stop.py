@@ -113,6 +113,7 @@ def test_refill_keeps_the_working_batch_full_and_results_do_not_depend_on_it(cla
     images, labels = _synthetic(48, seed=3)
     attack = PGD(EPS_LINF, EPS_LINF / 4, 10, early_stop=True)
     queue = EarlyStopQueue(attack, classifier, batch_size=8)
+    queue.put(images[:0], labels[:0], [])  # a batch without clean-correct examples adds nothing
     results = []
     for start in range(0, 48, 7):  # examples arrive 7 at a time, as batches of a stream would
         end = min(start + 7, 48)

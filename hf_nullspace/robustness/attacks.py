@@ -239,11 +239,11 @@ class EarlyStopQueue:
 
     def put(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence, generator=None) -> None:
         """Queues examples under `keys` (returned with their results); `generator` as in the attack functions."""
-        _check_images(images)
         if len(keys) != images.shape[0]:
             raise ValueError(f"{len(keys)} keys for {images.shape[0]} images: pass one key per example.")
-        if not len(keys):
+        if not len(keys):  # e.g. a batch without a clean-correct example
             return
+        _check_images(images)
         with frozen_eval_mode(self.model), self.attack.context(self.model):
             state = self.attack.start(self.model, images.detach(), labels, generator)
         state["queue_steps"] = torch.zeros(len(keys), dtype=torch.long, device=images.device)
