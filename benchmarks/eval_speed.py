@@ -5,20 +5,23 @@ against a straightforward torchattacks loop; plus the early-stop rates behind th
 1. `mnist` suite, the robustness-evaluation stage of the default run (`hf_nullspace/assets/default_run.json`): the
    bundled vit-tiny-mnist scored as "base" (a path) and "finetuned" (a model object) on the 1,000 bundled digits,
    batch size 250, seed 42. "before" imports a checkout of `--before` (`git worktree add DIR COMMIT`), "after" this
-   tree; each run is a fresh subprocess, before and after alternate, and the report rows of both are compared.
-2. `attacks` suite (clean, FGSM and PGD-10 with step eps/4 at eps 1, 2, 4, 8 /255) on both bundled models (the
-   bundled digits; 1,000 texture test patches, built by `trainer_scripts/train_base_model.py`), against a loop
-   that scores the same rows in batches of 250 with `torchattacks.FGSM` and `torchattacks.PGD` (random start): one
-   clean forward, then attack and score every example for every budget. Alternating, in one process.
+   tree; the two run at the same time in two fresh processes, and the report rows of both are compared.
+2. `attacks` suite (clean, FGSM and PGD-10 with step eps/4 at eps 1, 2, 4, 8 /255) on both bundled models
+   (`--attack-rows` evenly spaced rows of the bundled digits; of the texture test patches, built by
+   `trainer_scripts/train_base_model.py`), against a loop that scores the same rows in batches of 250 with
+   `torchattacks.FGSM` and `torchattacks.PGD` (random start): one clean forward, then every example attacked and
+   scored for every budget. One process per model, ours and the loop in turn.
 3. Early stop on the bundled models for CW-L2 (`suites.CW_PARAMS`) and Patch-Fool (`suites.PATCHFOOL_PARAMS`, with
    patch selection on the average attention of all layers: the bundled ViTs have 4 layers): clean accuracy, share
-   broken and steps taken per attacked example, from which docs/cost.md recomputes the protocol's passes.
+   of attacked examples never broken, and steps taken by broken and by robust examples, from which docs/cost.md
+   recomputes the protocol's passes.
 
-Every process runs with one torch thread (the project's CPU machine is shared). Prints a table, writes
+All parts run at the same time, one process and one torch thread each; each reports its CPU seconds (the project's
+CPU machine is shared, so wall time says more about the other users than about the code). Prints a summary, writes
 benchmarks/results/eval_speed.json and eval_speed.png.
 
     git worktree add /tmp/h4_before 17a39b1
-    python benchmarks/eval_speed.py --before /tmp/h4_before --repeats 2
+    python benchmarks/eval_speed.py --before /tmp/h4_before
 """
 
 import argparse
