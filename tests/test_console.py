@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_nullspace.card import base_model_license
 from hf_nullspace.data import find_columns
+from hf_nullspace.license import base_model_license
 from hf_nullspace.robustness.report import RobustnessReport
 
 ROOT = Path(__file__).resolve().parent.parent

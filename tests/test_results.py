@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 import hf_nullspace
@@ -85,6 +86,7 @@ def test_push_renders_the_card_from_the_results_it_is_handed(tmp_path, fake_hub)
     # a stale results.json of an earlier state of the run: the push must not render or upload it
     RunResults(model_name="stale", robustness=robustness(0.1)).save(run)
     (run / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, run / "model.safetensors")  # push_run refuses a folder without a model
     pushed = hub.push_run(run, "org/fresh", results=RunResults(model_name="fresh", robustness=robustness(0.4242)))
     assert pushed.startswith("https://hub/org/fresh/commit/")
     (files,) = fake_hub.commits

@@ -38,7 +38,7 @@ from ..data.rows import SKIP_KINDS, read_row
 from ..data.sources import resolve_sources
 from ..data.streams import ReadTally, iter_row_range
 from ..data.transforms import precropped_transform
-from .attacks import run_attack
+from .attacks import ITERATIVE_ATTACKS, EarlyStopQueue, loss_gradient, run_attack
 from .corruptions import corrupt
 from .model import PixelSpaceClassifier
 from .report import RobustnessReport
@@ -482,11 +482,35 @@ def _score_source(
     buffers: dict[str, dict] = {e.name: {"batch": None, "rows": []} for e in evaluations}
     correct: Counter = Counter()
     stats = {e.name: _stats() for e in evaluations}
+    # the clean forward's verdict per (model, row), and one early-stop queue per (model, iterative attack)
+    clean_hits: dict[tuple[str, int], bool] = {}
+    gradients: dict = {}  # per model, FGSM's gradient on the last batch of rows it attacked
+    queues = {
+        (name, e.name): EarlyStopQueue(
+            ITERATIVE_ATTACKS[e.attack](**e.kwargs, early_stop=True), classifier, batch_size=batch_size
+        )
+        for e in evaluations
+        if e.attack in ITERATIVE_ATTACKS
+        for _, classifiers in pipelines.values()
+        for name, classifier in classifiers.items()
+    }
 
     def flush(evaluation: Evaluation) -> None:
         buffer = buffers[evaluation.name]
         if buffer["rows"]:
-            _score_batch(evaluation, buffer["batch"], buffer["rows"], pipelines, correct, seed, device, bf16)
+            _score_batch(
+                evaluation,
+                buffer["batch"],
+                buffer["rows"],
+                pipelines,
+                correct,
+                seed,
+                device,
+                bf16,
+                clean_hits,
+                queues,
+                gradients,
+            )
         buffer["rows"] = []
 
     rows = iter_row_range(opened.rows, start, stop, reads)
@@ -529,10 +553,15 @@ def _score_source(
             buffer["rows"].append((dict(tensors), label, index))
     for evaluation in evaluations:
         flush(evaluation)
+    for key, queue in queues.items():  # the examples still in the queues
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            correct[key] += sum(int(robust.sum()) for _, robust, _ in queue.run(drain=True))
     return correct, stats, {"process_index": rank, **reads.as_dict()}
 
 
-def _score_batch(evaluation, batch, rows, pipelines, correct, seed, device, bf16) -> None:
+def _score_batch(
+    evaluation, batch, rows, pipelines, correct, seed, device, bf16, clean_hits, queues, gradients
+) -> None:
     labels = torch.tensor([label for _, label, _ in rows], dtype=torch.long, device=device)
     indices = [index for _, _, index in rows]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -542,19 +571,59 @@ def _score_batch(evaluation, batch, rows, pipelines, correct, seed, device, bf16
             images = corrupt(images, evaluation.corruption, evaluation.severity, generator=seed + batch)
         for name, classifier in classifiers.items():
             with autocast:
-                attacked = _attacked(classifier, images, labels, evaluation, seed, indices)
-                with torch.no_grad():
-                    hits = classifier(attacked).argmax(-1) == labels
-            correct[(name, evaluation.name)] += int(hits.sum())
+                if evaluation.attack is None:
+                    with torch.inference_mode():
+                        hits = classifier(images).argmax(-1) == labels
+                    if evaluation.corruption is None:  # the clean forward: attacks of this source reuse it
+                        clean_hits.update(zip(((name, i) for i in indices), hits.tolist()))
+                    correct[(name, evaluation.name)] += int(hits.sum())
+                else:
+                    correct[(name, evaluation.name)] += _attacked(
+                        classifier,
+                        images,
+                        labels,
+                        evaluation,
+                        seed,
+                        indices,
+                        _clean(classifier, name, images, labels, indices, clean_hits),
+                        queues.get((name, evaluation.name)),
+                        gradients,
+                    )
 
 
-def _attacked(classifier, images: torch.Tensor, labels: torch.Tensor, evaluation: Evaluation, seed: int, indices):
-    if evaluation.attack is None:
-        return images
+def _clean(classifier, name, images, labels, indices, clean_hits) -> torch.Tensor:
+    """Which images the model classifies correctly, from the clean evaluation's forward where it ran on them."""
+    missing = [position for position, i in enumerate(indices) if (name, i) not in clean_hits]
+    if missing:
+        with torch.inference_mode():
+            hits = classifier(images[missing]).argmax(-1) == labels[missing]
+        clean_hits.update(zip(((name, indices[p]) for p in missing), hits.tolist()))
+    return torch.tensor([clean_hits[(name, i)] for i in indices], dtype=torch.bool, device=images.device)
+
+
+def _attacked(classifier, images, labels, evaluation: Evaluation, seed: int, indices, clean, queue, gradients) -> int:
+    """Robust hits among the clean-correct images (the others are errors and are not attacked). Iterative attacks
+    run through the evaluation's `EarlyStopQueue` (hits counted as examples leave it, maybe in a later batch)."""
+    images, labels = images[clean], labels[clean]
+    indices = [i for i, keep in zip(indices, clean.tolist()) if keep]
     params = evaluation.kwargs
     if evaluation.attack in _SEEDED_ATTACKS:
-        params.setdefault("generator", [torch.Generator().manual_seed(_example_seed(seed, i)) for i in indices])
-    return run_attack(evaluation.attack, classifier, images, labels, **params)
+        params["generator"] = [torch.Generator().manual_seed(_example_seed(seed, i)) for i in indices]
+    if queue is not None:
+        queue.put(images, labels, indices, params.get("generator"))
+        return sum(int(robust.sum()) for _, robust, _ in queue.run())
+    if not indices:
+        return 0
+    if evaluation.attack == "fgsm":  # the FGSM rows of a batch (one per budget) share the gradient
+        rows = (indices, evaluation.corruption, evaluation.severity)
+        cached, gradient = gradients.get(id(classifier), (None, None))
+        if cached != rows:
+            gradient = loss_gradient(classifier, images, labels)
+            gradients[id(classifier)] = (rows, gradient)
+        params["gradient"] = gradient
+    attacked = run_attack(evaluation.attack, classifier, images, labels, **params)
+    with torch.inference_mode():
+        return int((classifier(attacked).argmax(-1) == labels).sum())
 
 
 def _gather_reads(reads: dict, world: int) -> list[dict]:
