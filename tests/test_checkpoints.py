@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from test_trainer import StopAt, final_weights, make_trainer
+from testing_utils import StopAt, final_weights, make_trainer
 from transformers import Trainer
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_vit, template_images
+from testing_utils import make_tiny_vit, make_trainer, template_images
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import inject_noise
@@ -277,15 +277,6 @@ def test_norm_matched_control_has_the_learned_norm_and_a_random_direction(traine
     assert measured == pytest.approx(control.statistic, rel=1e-3, abs=1e-8)
     assert measured > learned.statistic
     assert control.summary()["learned_statistic"] == pytest.approx(learned.statistic)
-
-
-def make_trainer(tmp_path, nullspace_args):
-    from transformers import TrainingArguments
-
-    from hf_nullspace.trainer import NullspaceTrainer
-
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no")
-    return NullspaceTrainer(model=make_tiny_vit(), args=args, nullspace_args=nullspace_args)
 
 
 def test_trainer_synthesises_on_a_sub_batch_and_holds_out_the_rest(tmp_path, monkeypatch):

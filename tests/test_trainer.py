@@ -3,35 +3,12 @@ import os
 
 import pytest
 import torch
-from conftest import make_tiny_vit, template_images, tiny_training_args
-from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
+from testing_utils import StopAt, final_weights, make_trainer, template_images
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import UnsupportedModelError
 from hf_nullspace.noise_bank import NOISE_BANK_FILE, NOISE_STATE_FILE, NoiseBank, last_complete_checkpoint
-from hf_nullspace.trainer import NullspaceTrainer
-
-
-class TemplateDataset(torch.utils.data.Dataset):
-    def __init__(self, size=96):
-        self.pixel_values, self.labels = template_images(size, seed=7)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
-
-
-def make_trainer(tmp_path, nullspace_args=None, model=None, **training):
-    arguments = tiny_training_args(tmp_path, **training)
-    torch.manual_seed(0)
-    return NullspaceTrainer(
-        model=model if model is not None else make_tiny_vit(),
-        args=arguments,
-        train_dataset=TemplateDataset(),
-        nullspace_args=nullspace_args or NullspaceArguments(noise_max_updates=20, noise_refresh_steps=2),
-    )
 
 
 def gradient(trainer, inputs):
@@ -114,19 +91,6 @@ def test_mode_none_never_synthesises(tmp_path):
     trainer = make_trainer(tmp_path, NullspaceArguments(nullspace_mode="none"), max_steps=2)
     trainer.train()
     assert len(trainer.noise_bank) == 0 and trainer.noise_history == []
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated preemption")
-
-
-def final_weights(trainer):
-    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
