@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 from testing_utils import make_tiny_vit, manual_accuracy, tiny_processor, write_images
 
 from hf_nullspace.data import BenchmarkSpec
@@ -110,6 +111,17 @@ def test_sample_caps_read_evenly_spaced_rows_and_are_stated(tmp_path):
     assert rows["fgsm@0.1"]["sampling"]["selection"] == "evenly spaced over the 12 rows"
     with pytest.raises(ValueError, match=r"Sample caps for \['cw'\] match nothing"):
         evaluate_robustness({"m": model}, PROCESSOR, suite=suite, sample_caps={"cw": 4}, progress=False)
-    # bf16 autocast (meant for GPUs) runs on CPU too
-    bf16 = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, bf16=True, progress=False)
-    assert bf16.value("m", "clean") == pytest.approx(report.value("m", "clean"), abs=0.25)
+    # bf16 autocast (meant for GPUs) runs on CPU too: the accuracy of the model's bfloat16 predictions, exactly
+    autocast = []
+    hook = model.classifier.register_forward_hook(
+        lambda module, args, output: autocast.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        )
+    )
+    try:
+        bf16 = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, bf16=True, progress=False)
+    finally:
+        hook.remove()
+    assert autocast and set(autocast) == {torch.bfloat16}
+    assert bf16.value("m", "clean") == manual_accuracy(model, data, bf16=True)
+    assert report.value("m", "clean") == manual_accuracy(model, data)

@@ -184,8 +184,9 @@ def save_model(folder, model=None):
     return str(folder)
 
 
-def manual_accuracy(model, path, columns=None) -> float:
-    """Accuracy of `model` on `path/test.parquet` by hand (resize to 32, [-1, 1]), over logit `columns` if given."""
+def manual_accuracy(model, path, columns=None, bf16: bool = False) -> float:
+    """Accuracy of `model` (in eval mode) on `path/test.parquet` by hand (resize to 32, [-1, 1]), over logit `columns`
+    if given, under bfloat16 autocast if `bf16`."""
     from datasets import load_dataset
 
     from hf_nullspace.data import EvalTransform
@@ -195,8 +196,8 @@ def manual_accuracy(model, path, columns=None) -> float:
     images = torch.stack([transform(row["image"]) for row in rows])
     labels = torch.tensor(rows["label"])
     training = model.training
-    with torch.no_grad():
-        logits = model.eval()(pixel_values=(images - 0.5) / 0.5).logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model.eval()(pixel_values=(images - 0.5) / 0.5).logits.float()
     model.train(training)
     logits = logits if columns is None else logits[:, columns]
     return float((logits.argmax(-1) == labels).float().mean())
