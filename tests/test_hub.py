@@ -450,6 +450,7 @@ def test_server_refuses_writes_without_the_token(hub_server):
         assert error.value.code == 401
 
 
+@pytest.mark.slow
 def test_push_and_load_round_trip(hub_server, finished_run, tmp_path):
     endpoint, server_root, log_path = hub_server
     run, model = finished_run
@@ -603,6 +604,7 @@ def metrics_by_name(card: dict) -> dict[str, dict]:
     }
 
 
+@pytest.mark.slow
 def test_cli_push_uploads_only_the_run_with_the_licence_given(hub_server, finished_run, tmp_path):
     endpoint, _, _ = hub_server
     run, _ = finished_run
