@@ -8,7 +8,15 @@ processes (slow).
 import pytest
 import torch
 import torch.nn.functional as F
-from testing_utils import StopAt, TemplateDataset, final_weights, make_trainer, template_images
+from testing_utils import (
+    NO_DROPOUT,
+    StopAt,
+    TemplateDataset,
+    final_weights,
+    make_tiny_vit,
+    make_trainer,
+    template_images,
+)
 from transformers import ViTImageProcessor
 
 from hf_nullspace.adversarial import (
@@ -120,7 +128,9 @@ def test_trades_attack_starts_near_the_clean_image_and_stays_in_the_box(trained_
 @pytest.mark.parametrize("mode", ADVERSARIAL_MODES)
 def test_loss_is_the_papers_loss_on_the_attack_of_this_step(tmp_path, mode):
     beta = 0.7
-    trainer = adversarial_trainer(tmp_path, mode, AdversarialArguments(adversarial_steps=2, adversarial_beta=beta))
+    attack = AdversarialArguments(adversarial_steps=2, adversarial_beta=beta)
+    # no dropout: the trainer's loss and the one recomputed here must see the same train-mode forward passes
+    trainer = adversarial_trainer(tmp_path, mode, attack, model=make_tiny_vit(**NO_DROPOUT))
     model = trainer.model
     model.train()
     pixel_values, labels = pixel_batch(8, seed=5)

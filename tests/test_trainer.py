@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from testing_utils import StopAt, final_weights, make_trainer, template_images
+from testing_utils import NO_DROPOUT, StopAt, final_weights, make_tiny_vit, make_trainer, template_images
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_nullspace.config import NullspaceArguments
@@ -24,10 +24,11 @@ def gradient(trainer, inputs):
 def test_loss_contains_the_noisy_term(tmp_path):
     pixel_values, labels = template_images(8, seed=3)
     inputs = {"pixel_values": pixel_values, "labels": labels}
-    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"))
-    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5))
+    # no dropout: the gradients of three trainers and a loss recomputed by hand must see the same forward passes
+    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"), make_tiny_vit(**NO_DROPOUT))
+    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5), make_tiny_vit(**NO_DROPOUT))
     noisy.refresh_noise(noisy.model, inputs)
-    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0))
+    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0), make_tiny_vit(**NO_DROPOUT))
     zero.noise_bank = NoiseBank(noisy.noise_bank.noises, noisy.noise_bank.history)
     for trainer in (plain, noisy, zero):
         trainer.model.load_state_dict(plain.model.state_dict())
@@ -50,9 +51,12 @@ def test_loss_contains_the_noisy_term(tmp_path):
 def test_shared_forward_equals_separate_passes(tmp_path):
     pixel_values, labels = template_images(8, seed=4)
     inputs = {"pixel_values": pixel_values, "labels": labels}
-    shared = make_trainer(tmp_path / "a", NullspaceArguments(noise_max_updates=5, noise_shared_forward=True))
+    # no dropout: one doubled forward pass and two separate ones must give the same gradient
+    shared_args = NullspaceArguments(noise_max_updates=5, noise_shared_forward=True)
+    shared = make_trainer(tmp_path / "a", shared_args, make_tiny_vit(**NO_DROPOUT))
     shared.refresh_noise(shared.model, inputs)
-    separate = make_trainer(tmp_path / "b", NullspaceArguments(noise_shared_forward=False))
+    separate_args = NullspaceArguments(noise_shared_forward=False)
+    separate = make_trainer(tmp_path / "b", separate_args, make_tiny_vit(**NO_DROPOUT))
     separate.model.load_state_dict(shared.model.state_dict())
     separate.noise_bank = NoiseBank(shared.noise_bank.noises, shared.noise_bank.history)
     torch.testing.assert_close(gradient(shared, inputs), gradient(separate, inputs), rtol=1e-4, atol=1e-6)

@@ -22,6 +22,8 @@ TESTS = os.path.join(ROOT, "tests")
 # dropout and drop-path of every tiny model (see the module docstring)
 DROPOUT = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 DROP_PATH = dict(drop_path_rate=0.1)
+# for the few tests that compare two train-mode forward passes of one model
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 # ---- tiny models ---------------------------------------------------------------------------------------------------
