@@ -39,9 +39,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed(request):
+    """Seeds every test; afterwards puts the shared `trained_tiny_vit` back in eval mode, so that a test that leaves
+    it in training mode fails alone and not the tests that happen to run after it on the same worker."""
     torch.manual_seed(0)
     yield
+    if "trained_tiny_vit" in request.fixturenames:
+        request.getfixturevalue("trained_tiny_vit").eval()
 
 
 @pytest.fixture
