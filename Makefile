@@ -1,11 +1,13 @@
-# The two commands that do everything on a fresh machine:
-#   make run    set up .venv, then run the main job (no arguments: the embedded offline default)
-#   make test   set up .venv with the test extras, then run the whole test suite (slow tests included)
+# The commands that do everything on a fresh machine:
+#   make run        set up .venv, then run the main job (no arguments: the embedded offline default)
+#   make test       set up .venv with the test extras, then run the fast tier: every module on tiny models, in parallel
+#   make test-all   the fast tier, then the slow one (multi-process, end-to-end, Hub round trips): what CI runs
+#   make test-slow  the slow tier alone
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-test lint benchmarks
+.PHONY: run test test-slow test-all setup setup-test lint benchmarks
 
 $(BIN)/hf-nullspace: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +34,19 @@ setup-test: $(VENV)/.test-oracles
 run: setup
 	$(BIN)/accelerate launch trainer_scripts/run.py $(ARGS)
 
+# one pytest-xdist worker per core; pytest's exit code 5 ("no tests collected": an empty tier) is a pass
+PYTEST := $(BIN)/python -m pytest -q -n auto $(PYTEST_ARGS)
+EMPTY_TIER_PASSES := || [ $$? -eq 5 ]
+
 test: setup-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(EMPTY_TIER_PASSES)
+
+test-slow: setup-test
+	$(PYTEST) -m slow $(EMPTY_TIER_PASSES)
+
+test-all: setup-test
+	$(PYTEST) -m "not slow" $(EMPTY_TIER_PASSES)
+	$(PYTEST) -m slow $(EMPTY_TIER_PASSES)
 
 lint: setup
 	$(BIN)/ruff check hf_nullspace tests trainer_scripts benchmarks

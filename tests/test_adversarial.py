@@ -8,7 +8,15 @@ processes (slow).
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_vit, template_images, tiny_training_args
+from testing_utils import (
+    NO_DROPOUT,
+    StopAt,
+    TemplateDataset,
+    final_weights,
+    make_tiny_vit,
+    make_trainer,
+    template_images,
+)
 from transformers import ViTImageProcessor
 
 from hf_nullspace.adversarial import (
@@ -21,7 +29,6 @@ from hf_nullspace.adversarial import (
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.noise_bank import last_complete_checkpoint
 from hf_nullspace.robustness.model import PixelSpaceClassifier
-from hf_nullspace.trainer import NullspaceTrainer
 
 MEAN = STD = [0.5, 0.5, 0.5]
 EPS = 8 / 255
@@ -38,27 +45,19 @@ def pixel_batch(num, seed=0):
     return (images - 0.5) / 0.5, labels
 
 
-class PixelDataset(torch.utils.data.Dataset):
-    def __init__(self, size=64):
-        self.pixel_values, self.labels = pixel_batch(size, seed=7)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
-
-
-def make_trainer(tmp_path, mode="madry", adversarial_args=None, model=None, with_processor=True, **training):
-    arguments = tiny_training_args(tmp_path, **{"max_steps": 3, **training})
-    torch.manual_seed(0)
-    return NullspaceTrainer(
-        model=model if model is not None else make_tiny_vit(),
-        args=arguments,
-        train_dataset=PixelDataset(),
+def adversarial_trainer(tmp_path, mode="madry", adversarial_args=None, model=None, with_processor=True, **training):
+    """A 3-step trainer of the adversarial `mode` on `pixel_batch(64, seed=7)`."""
+    pixel_values, labels = pixel_batch(64, seed=7)
+    dataset = TemplateDataset(64, seed=7)
+    dataset.pixel_values, dataset.labels = pixel_values, labels
+    return make_trainer(
+        tmp_path,
+        NullspaceArguments(nullspace_mode=mode),
+        model,
+        train_dataset=dataset,
         processing_class=processor() if with_processor else None,
-        nullspace_args=NullspaceArguments(nullspace_mode=mode),
         adversarial_args=adversarial_args or AdversarialArguments(adversarial_steps=3),
+        **{"max_steps": 3, **training},
     )
 
 
@@ -83,8 +82,8 @@ def test_normalisation_comes_from_the_processor_or_the_arguments_else_a_clear_er
     explicit = AdversarialArguments(adversarial_image_mean=[0.1, 0.2, 0.3], adversarial_image_std=[1, 2, 3])
     assert pixel_normalisation(explicit, processor()) == ([0.1, 0.2, 0.3], [1, 2, 3])
     with pytest.raises(ValueError, match="processing_class"):
-        make_trainer(tmp_path, with_processor=False)
-    trainer = make_trainer(tmp_path, with_processor=False, adversarial_args=explicit)
+        adversarial_trainer(tmp_path, with_processor=False)
+    trainer = adversarial_trainer(tmp_path, with_processor=False, adversarial_args=explicit)
     assert trainer.adversarial.mean == [0.1, 0.2, 0.3]
 
 
@@ -129,7 +128,9 @@ def test_trades_attack_starts_near_the_clean_image_and_stays_in_the_box(trained_
 @pytest.mark.parametrize("mode", ADVERSARIAL_MODES)
 def test_loss_is_the_papers_loss_on_the_attack_of_this_step(tmp_path, mode):
     beta = 0.7
-    trainer = make_trainer(tmp_path, mode, AdversarialArguments(adversarial_steps=2, adversarial_beta=beta))
+    attack = AdversarialArguments(adversarial_steps=2, adversarial_beta=beta)
+    # no dropout: the trainer's loss and the one recomputed here must see the same train-mode forward passes
+    trainer = adversarial_trainer(tmp_path, mode, attack, model=make_tiny_vit(**NO_DROPOUT))
     model = trainer.model
     model.train()
     pixel_values, labels = pixel_batch(8, seed=5)
@@ -166,7 +167,7 @@ def test_random_starts_differ_per_step_micro_batch_and_process():
 
 @pytest.mark.parametrize("mode", ADVERSARIAL_MODES)
 def test_training_logs_the_attack_with_the_loss_and_never_synthesises_noise(tmp_path, mode):
-    trainer = make_trainer(tmp_path, mode, max_steps=3, logging_steps=1)
+    trainer = adversarial_trainer(tmp_path, mode, max_steps=3, logging_steps=1)
     synthesised = []
     trainer.refresh_noise = lambda *args, **kwargs: synthesised.append(1)
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -186,29 +187,23 @@ def test_training_logs_the_attack_with_the_loss_and_never_synthesises_noise(tmp_
 def test_card_names_the_adversarial_baseline(tmp_path):
     from hf_nullspace.card import build_model_card
 
-    trainer = make_trainer(tmp_path, "trades", max_steps=1)
+    trainer = adversarial_trainer(tmp_path, "trades", max_steps=1)
     trainer.train()
     card = build_model_card(trainer.build_results())
     assert "the adversarial-training baseline CE(x) + β KL" in card.text
     assert "| `adversarial_steps` | 3 |" in card.text
 
 
-def final_weights(trainer):
-    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-
-
 def test_resume_of_a_madry_run_continues_exactly(tmp_path):
-    from test_trainer import StopAt
-
     args = dict(max_steps=4, save_strategy="steps", save_steps=2)
-    full = make_trainer(tmp_path / "full", "madry", **args)
+    full = adversarial_trainer(tmp_path / "full", "madry", **args)
     full.train()
-    interrupted = make_trainer(tmp_path / "cut", "madry", **args)
+    interrupted = adversarial_trainer(tmp_path / "cut", "madry", **args)
     interrupted.add_callback(StopAt(3))
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
     assert last_complete_checkpoint(str(tmp_path / "cut")).endswith("checkpoint-2")
-    resumed = make_trainer(tmp_path / "cut", "madry", **args)
+    resumed = adversarial_trainer(tmp_path / "cut", "madry", **args)
     resumed.train(resume_from_checkpoint=True)
     torch.testing.assert_close(final_weights(resumed), final_weights(full), rtol=0, atol=1e-6)
 
@@ -288,32 +283,3 @@ def test_madry_finetuning_raises_pgd_accuracy_over_plain_finetuning_on_the_bundl
     )
     assert madry["pgd@0.05"] >= plain["pgd@0.05"] + MEASURED_MARGIN
     assert madry["clean"] >= plain["clean"] - 0.03  # and no collapse of clean accuracy
-
-
-# ---- several processes ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ADVERSARIAL_MODES)
-def test_two_ranks_train_one_model_on_different_data(tmp_path, trained_tiny_vit, mode):
-    import copy
-
-    from test_distributed import launch, write_id_shards
-    from test_finetune import save_model
-
-    data, _ = write_id_shards(tmp_path / "data", num_shards=2)
-    model = save_model(tmp_path / "model", copy.deepcopy(trained_tiny_vit))
-    out = str(tmp_path / "out")
-    states, _ = launch(data, model, out, "--nullspace_mode", mode, "--adversarial_steps", "3")
-    rank0, rank1 = states
-    assert rank0["global_step"] == rank1["global_step"] == 4 and rank0["history"] == rank1["history"] == []
-    params = sorted(k for k in rank0["tensors"] if k.startswith("param."))
-    worst = max(float((rank0["tensors"][k] - rank1["tensors"][k]).abs().max()) for k in params)
-    assert worst <= 1e-7, f"the ranks' weights differ by up to {worst}"
-    for b0, b1 in zip(rank0["batches"], rank1["batches"], strict=True):
-        assert b0["ids"] != b1["ids"]
-    # the attack's statistics are averaged over the processes: both ranks log the same values with the loss
-    logs = [[e for e in state["log_history"] if "loss" in e] for state in states]
-    assert logs[0] and all("adversarial_accuracy" in e for e in logs[0])
-    keys = AdversarialTraining.STAT_KEYS
-    assert [[e[k] for k in keys] for e in logs[0]] == [[e[k] for k in keys] for e in logs[1]]

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import template_images
+from testing_utils import template_images
 
 from hf_nullspace.analysis import convex_closure, noise_to_pixels, permuted_control, scaling_closure
 from hf_nullspace.config import NullspaceArguments

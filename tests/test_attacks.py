@@ -27,6 +27,8 @@ CASES = {
     ),
 }
 SEEDED = {"pgd", "pgd_l2", "patchfool"}
+# the official AutoAttack code takes about 20 s a call here: its cases run in the slow tier
+CASE_PARAMS = [pytest.param(case, marks=pytest.mark.slow) if case == "autoattack" else case for case in CASES]
 
 
 def _synthetic(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +131,7 @@ def test_label_subset_restricts_logits(tiny_vit):
         restricted.to_subset_labels(torch.tensor([3]))
 
 
-@pytest.mark.parametrize("adversarial", list(CASES), indirect=True)
+@pytest.mark.parametrize("adversarial", CASE_PARAMS, indirect=True)
 def test_attack_fools_within_budget(classifier, store, adversarial):
     case, adv = adversarial
     images, labels = store["data"]
@@ -152,7 +154,7 @@ def test_attack_fools_within_budget(classifier, store, adversarial):
             assert delta.norm(dim=1).max() <= epsilon + 1e-5
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_attack_leaves_model_and_rng_alone(classifier, store, case):
     images, labels = store["data"]
     images, labels = images[:8], labels[:8]
@@ -166,7 +168,7 @@ def test_attack_leaves_model_and_rng_alone(classifier, store, case):
     assert classifier.config._attn_implementation == attn_implementation
 
 
-@pytest.mark.parametrize("adversarial", list(CASES), indirect=True)
+@pytest.mark.parametrize("adversarial", CASE_PARAMS, indirect=True)
 def test_attack_is_deterministic(classifier, store, adversarial):
     case, adv = adversarial
     images, labels = store["data"]

@@ -1,5 +1,9 @@
 """Checkpoints of every shape resume exactly: sharded safetensors (`model.safetensors.index.json`), and the noise state
-on engines whose Trainer resume path skips `_load_from_checkpoint` (DeepSpeed).
+when the Trainer's resume path skips `_load_from_checkpoint`, as it does under DeepSpeed.
+
+DeepSpeed itself is not run: it is built for GPUs (installing it expects a CUDA toolchain, and its CPU backend needs
+Intel's oneCCL bindings for the process group), and the test machines have neither. The second test stands in for its
+resume path: the weights come back by another route than the override, and `train` alone restores the noise state.
 
 FSDP is not tested here: accelerate 1.15 turns its FSDP plugin on only for GPU-family process groups
 (`AcceleratorState` never makes a MULTI_CPU state an FSDP one), so `--fsdp` on CPU silently trains plain DDP, and
@@ -14,7 +18,7 @@ import os
 
 import pytest
 import torch
-from test_trainer import StopAt, final_weights, make_trainer
+from testing_utils import StopAt, final_weights, make_trainer
 from transformers import Trainer
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -60,9 +64,10 @@ def test_a_sharded_checkpoint_resumes_exactly_like_a_single_file(tmp_path):
     torch.testing.assert_close(final_weights(resumed), final_weights(full), rtol=0, atol=1e-6)
 
 
-def test_the_noise_state_is_restored_where_the_engine_skips_load_from_checkpoint(tmp_path):
-    """Under DeepSpeed the Trainer resumes the weights through the engine and never calls `_load_from_checkpoint`:
-    `train` restores the noise bank itself."""
+def test_train_restores_the_noise_state_when_load_from_checkpoint_is_bypassed(tmp_path):
+    """A stand-in for DeepSpeed's resume path (not run here, see the module docstring): the Trainer resumes the
+    weights through the engine and never calls the `_load_from_checkpoint` override, so `train` restores the noise
+    bank itself. Here the override is replaced by `Trainer`'s own method, which loads the weights only."""
     checkpoint = interrupted_at_step_3(tmp_path, lambda folder: make_trainer(folder, NULLSPACE, **ARGS))
     saved = make_trainer(tmp_path / "unused", NULLSPACE, **ARGS)
     saved.load_noise_state(checkpoint)

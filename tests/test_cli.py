@@ -3,8 +3,7 @@ import os
 import subprocess
 import sys
 
-from conftest import make_tiny_vit
-from test_suite import PROCESSOR, write_images
+from testing_utils import make_tiny_vit, tiny_processor, write_images
 
 from hf_nullspace.cli import main
 
@@ -12,7 +11,7 @@ from hf_nullspace.cli import main
 def saved_model(folder, **overrides):
     model = make_tiny_vit(**overrides)
     model.save_pretrained(folder)
-    PROCESSOR.save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
     return str(folder)
 
 

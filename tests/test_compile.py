@@ -6,41 +6,22 @@ import types
 
 import pytest
 import torch
-from conftest import make_tiny_vit, template_images, tiny_training_args
+from testing_utils import make_tiny_vit, make_trainer, template_images
 from transformers import TrainerCallback
 
 from hf_nullspace import embedding
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import find_patch_embedding
-from hf_nullspace.trainer import NullspaceTrainer
-
-
-class TemplateDataset(torch.utils.data.Dataset):
-    def __init__(self, size=96):
-        self.pixel_values, self.labels = template_images(size, seed=7)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
-
 
 # a fixed start (no scale calibration: an untrained model can take its 40 doublings) and few updates: these tests are
 # about the training step's path, not about synthesis
 FAST = dict(noise_max_updates=5, noise_refresh_steps=2, noise_init_limit=3.0)
 
 
-def make_trainer(tmp_path, model=None, nullspace_args=None, **training):
+def fast_trainer(tmp_path, model=None, nullspace_args=None, **training):
     # a compiled model's forward signature is (*args, **kwargs): keep the batch's columns
-    arguments = tiny_training_args(tmp_path, **{"max_steps": 8, "remove_unused_columns": False, **training})
-    torch.manual_seed(0)
-    return NullspaceTrainer(
-        model=model if model is not None else make_tiny_vit(),
-        args=arguments,
-        train_dataset=TemplateDataset(),
-        nullspace_args=nullspace_args or NullspaceArguments(**FAST),
-    )
+    training = {"max_steps": 8, "remove_unused_columns": False, **training}
+    return make_trainer(tmp_path, nullspace_args or NullspaceArguments(**FAST), model, **training)
 
 
 def losses(trainer):
@@ -62,7 +43,7 @@ def compiled_run(tmp_path, backend, nullspace_args=None, max_steps=8):
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
     model = torch.compile(make_tiny_vit(), backend=backend)
-    trainer = make_trainer(tmp_path, model=model, nullspace_args=nullspace_args, max_steps=max_steps)
+    trainer = fast_trainer(tmp_path, model=model, nullspace_args=nullspace_args, max_steps=max_steps)
     graphs = GraphsAfterStep()
     trainer.add_callback(graphs)
     trainer.train()
@@ -83,7 +64,7 @@ def test_compiled_model_is_compiled_once_over_steps_and_refreshes(tmp_path, shar
     assert graphs == [1 if shared_forward else 2] * 8, graphs
     assert breaks == 0
 
-    eager = make_trainer(tmp_path / "eager", nullspace_args=nullspace_args)
+    eager = fast_trainer(tmp_path / "eager", nullspace_args=nullspace_args)
     eager.train()
     torch.testing.assert_close(torch.tensor(losses(trainer)), torch.tensor(losses(eager)), rtol=1e-4, atol=1e-5)
     for a, b in zip(trainer.noise_bank.noises, eager.noise_bank.noises):
@@ -99,7 +80,7 @@ def test_inductor_compiles_once(tmp_path):
 
 
 def test_per_step_path_installs_once_looks_up_once_moves_noise_once_per_refresh(tmp_path, monkeypatch):
-    trainer = make_trainer(tmp_path)
+    trainer = fast_trainer(tmp_path)
     walks, hooks, copies = [], [], []
     original_search = embedding._search
     monkeypatch.setattr(embedding, "_search", lambda *a: walks.append(1) or original_search(*a))
@@ -118,7 +99,7 @@ def test_per_step_path_installs_once_looks_up_once_moves_noise_once_per_refresh(
 
 
 def test_compute_loss_outside_training_leaves_no_hook(tmp_path):
-    trainer = make_trainer(tmp_path)
+    trainer = fast_trainer(tmp_path)
     pixel_values, labels = template_images(8, seed=3)
     inputs = {"pixel_values": pixel_values, "labels": labels}
     trainer.refresh_noise(trainer.model, inputs)
@@ -130,7 +111,7 @@ def test_compute_loss_outside_training_leaves_no_hook(tmp_path):
 def test_several_processes_agree_on_a_redraw_every_k_steps_not_every_step(tmp_path, monkeypatch):
     """A non-finite noisy loss on one process: that process trains the step on its clean loss (finite gradients),
     and the processes agree on a redraw at the next check, with one all-reduce every `non_finite_check_steps`."""
-    trainer = make_trainer(tmp_path)
+    trainer = fast_trainer(tmp_path)
     trainer.non_finite_check_steps = 3
     reductions = []
     fake = types.SimpleNamespace(num_processes=2, process_index=0)

@@ -419,6 +419,7 @@ def test_registry_wnid_and_numeric_folders(tmp_path):
     assert sorted(batches[0]["labels"].tolist()) == [0, 1, 2, 10]
 
 
+@pytest.mark.slow  # about 45 s: full-size original layouts; test_load_imagenet_c_configs is the quick check
 def test_original_release_layouts_of_imagenet_c_and_a(tmp_path):
     """The original ImageNet-C release (`<corruption>/<severity>/<wnid>/`, 1000 classes) is read one severity at a
     time; the original ImageNet-A release (`<wnid>/` folders of the 200 classes) maps to 0..199."""

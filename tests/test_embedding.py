@@ -1,48 +1,17 @@
 import pytest
 import torch
-from transformers import (
-    BeitConfig,
-    BeitForImageClassification,
-    Data2VecVisionConfig,
-    Data2VecVisionForImageClassification,
-    DeiTConfig,
-    DeiTForImageClassification,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    ResNetConfig,
-    ResNetForImageClassification,
-    SwinConfig,
-    SwinForImageClassification,
-    Swinv2Config,
-    Swinv2ForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from testing_utils import FAMILIES, make_tiny_model
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_nullspace.embedding import NoiseHook, UnsupportedModelError, find_patch_embedding, inject_noise, noise_shape
 from hf_nullspace.nullspace import patch_embedding_nullspace
 
-COMMON = dict(image_size=32, num_channels=3, num_labels=5)
-VIT_LIKE = dict(COMMON, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-SWIN_LIKE = dict(COMMON, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4)
-
-# family -> (model class, config, expected (N, D) of the noise)
-FAMILIES = {
-    "vit": (ViTForImageClassification, ViTConfig(**VIT_LIKE), (16, 32)),
-    "deit": (DeiTForImageClassification, DeiTConfig(**VIT_LIKE), (16, 32)),
-    "beit": (BeitForImageClassification, BeitConfig(**VIT_LIKE, use_mean_pooling=True), (16, 32)),
-    "data2vec-vision": (Data2VecVisionForImageClassification, Data2VecVisionConfig(**VIT_LIKE), (16, 32)),
-    "dinov2": (Dinov2ForImageClassification, Dinov2Config(**VIT_LIKE), (16, 32)),
-    "swin": (SwinForImageClassification, SwinConfig(**SWIN_LIKE), (64, 16)),
-    "swinv2": (Swinv2ForImageClassification, Swinv2Config(**SWIN_LIKE), (64, 16)),
-}
-
 
 @pytest.fixture(params=sorted(FAMILIES))
 def family_model(request):
-    model_class, config, shape = FAMILIES[request.param]
+    """`(model_type, its tiny model in eval mode, (N, D) of its noise)` for every family of `FAMILIES`."""
     torch.manual_seed(0)
-    return request.param, model_class(config).eval(), shape
+    return request.param, make_tiny_model(request.param).eval(), FAMILIES[request.param][2]
 
 
 def test_finds_patch_projection_and_noise_shape(family_model):
@@ -94,7 +63,7 @@ def test_exact_nullspace_leaves_every_family_invariant(family_model):
 
 
 def test_noise_gradient_flows_through_hook():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE)).eval()
+    model = make_tiny_model("vit").eval()
     noise = torch.zeros(1, 16, 32, requires_grad=True)
     with inject_noise(model, noise):
         model(pixel_values=torch.rand(2, 3, 32, 32)).logits.sum().backward()
@@ -102,7 +71,7 @@ def test_noise_gradient_flows_through_hook():
 
 
 def test_wrong_noise_shape_is_a_clear_error():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE)).eval()
+    model = make_tiny_model("vit").eval()
     with pytest.raises(ValueError, match=r"expected \(1, 16, 32\)"):
         with inject_noise(model, torch.zeros(1, 9, 32)):
             model(pixel_values=torch.rand(1, 3, 32, 32))
@@ -115,7 +84,7 @@ def test_model_without_patch_embedding_lists_families_and_override():
 
 
 def test_module_name_override():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE))
+    model = make_tiny_model("vit")
     name, module = find_patch_embedding(model, "vit.embeddings.patch_embeddings.projection")
     assert module is model.vit.embeddings.patch_embeddings.projection
     with pytest.raises(UnsupportedModelError, match="no module named"):
@@ -128,7 +97,7 @@ def test_module_name_override():
 
 
 def test_find_patch_embedding_walks_the_model_once():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE))
+    model = make_tiny_model("vit")
     walks = []
     original = model.named_modules
     model.named_modules = lambda *a, **k: walks.append(1) or original(*a, **k)
@@ -166,7 +135,7 @@ def test_noise_hook_matches_inject_noise_and_is_inert_when_disabled(family_model
 
 
 def test_noise_hook_updates_its_noise_in_place():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE)).eval()
+    model = make_tiny_model("vit").eval()
     pixel_values = torch.rand(2, 3, 32, 32)
     hook = NoiseHook(model)
     try:
@@ -186,7 +155,8 @@ def test_noise_hook_updates_its_noise_in_place():
 
 def test_noise_hook_gradient_matches_separate_passes():
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE)).train()
+    # no dropout: the shared and the separate passes must see the same train-mode forward
+    model = make_tiny_model("vit", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
     pixel_values, labels, noise = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), torch.randn(1, 16, 32)
 
     def grads(loss):
@@ -210,7 +180,7 @@ def test_noise_hook_gradient_matches_separate_passes():
 
 
 def test_noise_hook_errors():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE)).eval()
+    model = make_tiny_model("vit").eval()
     hook = NoiseHook(model)
     try:
         with pytest.raises(RuntimeError, match="set_noise"):
@@ -232,7 +202,7 @@ def test_noise_hook_errors():
 
 
 def test_inject_noise_on_any_rows():
-    model = ViTForImageClassification(ViTConfig(**VIT_LIKE)).eval()
+    model = make_tiny_model("vit").eval()
     pixel_values, noise = torch.rand(4, 3, 32, 32), torch.randn(1, 16, 32)
     with torch.no_grad():
         clean = model(pixel_values=pixel_values).logits

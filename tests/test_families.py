@@ -4,13 +4,11 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILIES, make_tiny_model, template_images
-from transformers import TrainingArguments
+from testing_utils import FAMILIES, TemplateDataset, make_tiny_model, make_trainer, template_images
 
 from hf_nullspace import (
     PATCH_EMBEDDING_MODULES,
     NullspaceArguments,
-    NullspaceTrainer,
     epsilon_statistic,
     find_patch_embedding,
     inject_noise,
@@ -161,43 +159,20 @@ def test_synthesis_restores_training_mode_and_leaves_no_gradients(model_type, tr
 # ---- training and resume -------------------------------------------------------------------------------------------
 
 
-def collate(rows):
-    return {
-        "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
-        "labels": torch.stack([row["labels"] for row in rows]),
-    }
-
-
-def dataset():
-    pixel_values, labels = template_images(8, seed=7)
-    return [{"pixel_values": pixel_values[i], "labels": labels[i]} for i in range(len(labels))]
-
-
-def make_trainer(output_dir, model):
-    args = TrainingArguments(
-        output_dir=str(output_dir),
+def family_trainer(output_dir, model):
+    """Two steps of batch 4 on `TemplateDataset(8)`, one refresh and one checkpoint per step."""
+    return make_trainer(
+        output_dir,
+        # the authors' fixed start: these untrained models barely read their input, and the automatic start would
+        # find no epsilon boundary for some (no noise to train on, `no_boundary`)
+        NullspaceArguments(noise_refresh_steps=1, noise_max_updates=5, noise_init_limit=3.0),
+        model,
+        train_dataset=TemplateDataset(8),
         max_steps=2,
         per_device_train_batch_size=4,
-        use_cpu=True,
-        report_to="none",
         save_strategy="steps",
         save_steps=1,
         remove_unused_columns=False,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    return NullspaceTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset(),
-        data_collator=collate,
-        # the authors' fixed start: these untrained models barely read their input, and the automatic start would
-        # find no epsilon boundary for some (no noise to train on, `no_boundary`)
-        nullspace_args=NullspaceArguments(noise_refresh_steps=1, noise_max_updates=5, noise_init_limit=3.0),
     )
 
 
@@ -214,7 +189,7 @@ def largest_difference(a: dict, b: dict) -> float:
 def two_step_run(model_type, trained_state, tmp_path_factory):
     """The uninterrupted two-step run from the briefly-trained model, checkpointing after each step."""
     output_dir = tmp_path_factory.mktemp(f"run-{model_type}")
-    trainer = make_trainer(output_dir, trained_model(model_type, trained_state))
+    trainer = family_trainer(output_dir, trained_model(model_type, trained_state))
     initial = parameters(trainer.model)
     trainer.train()
     return trainer, initial, output_dir
@@ -237,7 +212,7 @@ def test_resume_from_the_first_checkpoint_matches_the_uninterrupted_run(model_ty
     model = make_tiny_model(model_type)
     expected = parameters(full.model)
     assert largest_difference(parameters(model), expected) > 1e-3
-    resumed = make_trainer(tmp_path, model)
+    resumed = family_trainer(tmp_path, model)
     resumed.train(resume_from_checkpoint=str(output_dir / "checkpoint-1"))
 
     assert resumed.state.global_step == 2

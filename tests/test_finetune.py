@@ -3,75 +3,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import make_tiny_vit, template_images
-from datasets import ClassLabel, Dataset, Features, Image, Value
-from PIL import Image as PILImage
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from datasets import Value
+from testing_utils import ROOT, cli_args, save_model, write_parquet
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_nullspace.embedding import UnsupportedModelError
 from hf_nullspace.finetune import build_trainer, parse_args
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_parquet(folder, num=48, num_classes=10, label_feature=None, columns=("image", "label")):
-    pixel_values, labels = template_images(num, num_classes=num_classes)
-    arrays = ((pixel_values.clamp(-2, 2) + 2) / 4 * 255).byte().permute(0, 2, 3, 1).numpy()
-    images = [PILImage.fromarray(np.ascontiguousarray(a)) for a in arrays]
-    label_feature = label_feature or ClassLabel(names=[f"class_{i}" for i in range(num_classes)])
-    features = Features({columns[0]: Image(), columns[1]: label_feature})
-    os.makedirs(folder, exist_ok=True)
-    for split, part in (("train", slice(0, num - 16)), ("test", slice(num - 16, num))):
-        data = {columns[0]: images[part], columns[1]: labels[part].tolist()}
-        Dataset.from_dict(data, features=features).to_parquet(os.path.join(folder, f"{split}.parquet"))
-    return str(folder)
-
-
-def save_model(folder, model=None):
-    model = model if model is not None else make_tiny_vit()
-    model.config.id2label = {i: f"class_{i}" for i in range(model.config.num_labels)}
-    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
-    model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        folder
-    )
-    return str(folder)
-
-
-def cli_args(data, model, out, *extra):
-    return [
-        "--dataset_name",
-        data,
-        "--model_name_or_path",
-        model,
-        "--output_dir",
-        out,
-        "--max_steps",
-        "4",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "16",
-        "--noise_refresh_steps",
-        "2",
-        "--noise_max_updates",
-        "20",
-        "--save_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--use_cpu",
-        "true",
-        "--report_to",
-        "none",
-        "--robustness_suite",
-        "none",
-        "--dataloader_num_workers",
-        "0",
-        *extra,
-    ]
 
 
 @pytest.mark.slow

@@ -6,11 +6,7 @@ offline (see `conftest.py`). Every push test lists the files of every commit of 
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-import textwrap
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +18,8 @@ import yaml
 from huggingface_hub import ModelCard, constants
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from testing_utils import HUB_TOKEN as TOKEN
+from testing_utils import cli_args, make_tiny_vit, run_fresh, save_model, write_parquet
 
 from hf_nullspace.card import build_model_card, write_model_card
 from hf_nullspace.examples import save_examples
@@ -31,7 +29,6 @@ from hf_nullspace.results import RunResults, redact
 from hf_nullspace.robustness.budgets import format_budget, readable_benchmark
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "hf_testtokenAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 REPO_ID = "robust-org/tiny-vit-nullspace"
 ID2LABEL = {0: "cat", 1: "dog", 2: "bird"}
 UPLOADED = {
@@ -146,48 +143,14 @@ def expected_eval_results(results: dict) -> dict[str, dict]:
     return expected
 
 
-@pytest.fixture(scope="module")
-def hub_server(tmp_path_factory):
-    """The test Hub on 127.0.0.1, accepting only `TOKEN` for writes; yields `(endpoint, root, log_path)`."""
-    root = tmp_path_factory.mktemp("hub")
-    log_path = root.parent / f"{root.name}.log"
-    env = {**os.environ, "HUB_SERVER_TOKEN": TOKEN}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests" / "hub_server.py"), "--root", str(root / "repos"), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
-            text=True,
-        )
-    try:
-        first_line = process.stdout.readline().split()
-        assert first_line[:1] == ["PORT"], f"hub server did not start: {log_path.read_text()}"
-        yield f"http://127.0.0.1:{first_line[1]}", root / "repos", log_path
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        process.stdout.close()
-
-
 @pytest.fixture
 def finished_run(tmp_path):
     """A finished run folder, with files that must be pushed and files that must not; yields `(folder, model)`."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTImageProcessor
 
     run = tmp_path / "run"
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=96,
-        num_labels=len(ID2LABEL),
-        id2label=ID2LABEL,
-        label2id={label: index for index, label in ID2LABEL.items()},
-    )
-    model = ViTForImageClassification(config).eval()
+    label2id = {label: index for index, label in ID2LABEL.items()}
+    model = make_tiny_vit(num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=label2id).eval()
     model.save_pretrained(run)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(run)
     results = make_results()
@@ -203,25 +166,6 @@ def finished_run(tmp_path):
     torch.save({"hub_token": TOKEN}, run / "training_args.bin")
     (run / "trainer_state.json").write_text("{}")
     return run, model
-
-
-def run_fresh(code: str, endpoint: str, hf_home: Path, offline: bool = False) -> subprocess.CompletedProcess:
-    """Runs `code` in a fresh Python with the test Hub as `HF_ENDPOINT` (set before huggingface_hub is imported)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(
-        HF_ENDPOINT=endpoint,
-        HF_HOME=str(hf_home),
-        HF_HUB_OFFLINE="1" if offline else "0",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        TRANSFORMERS_VERBOSITY="error",
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]),
-    )
-    process = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert process.returncode == 0, f"subprocess failed:\n{process.stdout}\n{process.stderr}"
-    return process
 
 
 def test_redact_drops_tokens():
@@ -502,6 +446,7 @@ def test_server_refuses_writes_without_the_token(hub_server):
         assert error.value.code == 401
 
 
+@pytest.mark.slow
 def test_push_and_load_round_trip(hub_server, finished_run, tmp_path):
     endpoint, server_root, log_path = hub_server
     run, model = finished_run
@@ -657,6 +602,7 @@ def metrics_by_name(card: dict) -> dict[str, dict]:
     }
 
 
+@pytest.mark.slow
 def test_cli_push_uploads_only_the_run_with_the_licence_given(hub_server, finished_run, tmp_path):
     endpoint, _, _ = hub_server
     run, _ = finished_run
@@ -852,8 +798,6 @@ def test_every_trainer_push_path_uploads_only_the_design_files(hub_server, tmp_p
 @pytest.mark.slow
 def test_a_finished_training_run_is_pushed_and_loads_with_plain_transformers(hub_server, tmp_path):
     """The main job trains, scores base vs finetuned, writes the card and pushes; a fresh process loads it back."""
-    from test_finetune import cli_args, save_model, write_parquet
-
     endpoint, _, log_path = hub_server
     data = write_parquet(tmp_path / "data")
     model = save_model(tmp_path / "model")

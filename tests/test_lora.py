@@ -9,8 +9,20 @@ import os
 
 import pytest
 import torch
-from conftest import FAMILIES, make_tiny_model, make_tiny_vit, template_images, tiny_training_args
-from test_hub import hub_server  # noqa: F401  (the local Hub server fixture)
+from testing_utils import (
+    FAMILIES,
+    HUB_TOKEN,
+    StopAt,
+    TemplateDataset,
+    cli_args,
+    make_tiny_model,
+    make_tiny_vit,
+    make_trainer,
+    run_fresh,
+    save_model,
+    template_images,
+    write_parquet,
+)
 
 from hf_nullspace.classifier import unwrap
 from hf_nullspace.config import NullspaceArguments
@@ -27,7 +39,6 @@ from hf_nullspace.lora import (
     resolve_target_modules,
 )
 from hf_nullspace.synthesis import synthesize_noise
-from hf_nullspace.trainer import NullspaceTrainer
 
 peft = pytest.importorskip("peft")
 
@@ -87,29 +98,18 @@ def test_noise_hook_and_synthesis_find_the_patch_embedding_through_the_peft_wrap
     assert all(p.grad is None for p in model.parameters())
 
 
-class TemplateDataset(torch.utils.data.Dataset):
-    def __init__(self, size=64):
-        self.pixel_values, self.labels = template_images(size, seed=7)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
-
-
-def make_trainer(tmp_path, adapter_seed=0, **training):
-    arguments = tiny_training_args(tmp_path, **{"learning_rate": 1e-2, **training})
-    return NullspaceTrainer(
-        model=lora_vit(adapter_seed),
-        args=arguments,
-        train_dataset=TemplateDataset(),
-        nullspace_args=NullspaceArguments(noise_max_updates=10, noise_refresh_steps=2),
+def lora_trainer(tmp_path, adapter_seed=0, **training):
+    return make_trainer(
+        tmp_path,
+        NullspaceArguments(noise_max_updates=10, noise_refresh_steps=2),
+        lora_vit(adapter_seed),
+        train_dataset=TemplateDataset(64),
+        **{"learning_rate": 1e-2, **training},
     )
 
 
 def test_nullspace_training_moves_only_the_adapters_and_saves_a_loadable_adapter(tmp_path):
-    trainer = make_trainer(tmp_path)
+    trainer = lora_trainer(tmp_path)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     assert [r["step"] for r in trainer.noise_history] == [0, 2]
@@ -132,18 +132,16 @@ def test_nullspace_training_moves_only_the_adapters_and_saves_a_loadable_adapter
 
 
 def test_resume_with_adapters_continues_exactly(tmp_path):
-    from test_trainer import StopAt
-
     args = dict(max_steps=6, save_strategy="steps", save_steps=3)
-    full = make_trainer(tmp_path / "full", **args)
+    full = lora_trainer(tmp_path / "full", **args)
     full.train()
-    interrupted = make_trainer(tmp_path / "cut", **args)
+    interrupted = lora_trainer(tmp_path / "cut", **args)
     interrupted.add_callback(StopAt(4))
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
     checkpoint = tmp_path / "cut" / "checkpoint-3"
     assert (checkpoint / ADAPTER_WEIGHTS_FILE).is_file() and not (checkpoint / "model.safetensors").exists()
-    resumed = make_trainer(tmp_path / "cut", adapter_seed=1, **args)  # other adapter init: the checkpoint must win
+    resumed = lora_trainer(tmp_path / "cut", adapter_seed=1, **args)  # other adapter init: the checkpoint must win
     resumed.train(resume_from_checkpoint=True)
     assert [r["step"] for r in resumed.noise_history] == [0, 2, 4]
     for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
@@ -167,7 +165,6 @@ def test_merge_gives_the_plain_model_with_the_same_outputs():
 
 
 def test_job_with_merge_lora_saves_a_plain_checkpoint(tmp_path):
-    from test_finetune import cli_args, save_model, write_parquet
     from transformers import AutoModelForImageClassification
 
     from hf_nullspace.finetune import main
@@ -212,10 +209,7 @@ def test_savings_count_the_adamw_state_of_frozen_parameters():
 
 
 @pytest.mark.slow
-def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_path):  # noqa: F811
-    from test_finetune import cli_args, save_model, write_parquet
-    from test_hub import TOKEN, run_fresh
-
+def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_path):
     endpoint, _, log_path = hub_server
     data = write_parquet(tmp_path / "data")
     local_base = save_model(tmp_path / "model")
@@ -224,7 +218,7 @@ def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_pat
         f"""
         from huggingface_hub import HfApi
 
-        api = HfApi(token={TOKEN!r})
+        api = HfApi(token={HUB_TOKEN!r})
         api.create_repo("user/tiny-base", exist_ok=True)
         api.upload_folder(repo_id="user/tiny-base", folder_path={local_base!r})
         """,
@@ -247,7 +241,7 @@ def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_pat
         "--hub_model_id",
         "user/tiny-lora",
         "--hub_token",
-        TOKEN,
+        HUB_TOKEN,
         "--save_strategy",
         "no",
     )
@@ -301,16 +295,4 @@ def test_lora_run_is_pushed_and_loads_with_peft_from_the_hub(hub_server, tmp_pat
     with torch.no_grad():
         expected = local.eval()(pixel_values=pixel_values).logits
     torch.testing.assert_close(load_file(tmp_path / "hub.safetensors")["logits"], expected, rtol=1e-5, atol=1e-5)
-    assert TOKEN not in log_path.read_text()
-
-
-@pytest.mark.slow
-def test_two_ranks_share_one_noise_and_one_adapter(tmp_path, trained_tiny_vit):
-    from test_distributed import assert_ranks_in_step, launch, write_id_shards
-    from test_finetune import save_model
-
-    data, _ = write_id_shards(tmp_path / "data", num_shards=2)
-    model = save_model(tmp_path / "model", copy.deepcopy(trained_tiny_vit))
-    states, _ = launch(data, model, str(tmp_path / "out"), "--use_lora", "true", "--lora_r", "4")
-    assert_ranks_in_step(states)  # one noise per refresh on both ranks, the same weights at the end
-    assert any(".lora_A." in key for key in states[0]["tensors"])
+    assert HUB_TOKEN not in log_path.read_text()

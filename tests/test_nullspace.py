@@ -1,5 +1,5 @@
 import torch
-from conftest import make_tiny_vit
+from testing_utils import make_tiny_vit
 
 from hf_nullspace.nullspace import patch_embedding_nullspace
 

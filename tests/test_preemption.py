@@ -16,11 +16,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_finetune import cli_args, save_model, write_parquet
+from testing_utils import ROOT, cli_args, save_model, write_parquet
 
 from hf_nullspace.noise_bank import NOISE_BANK_FILE, NOISE_STATE_FILE, is_complete_checkpoint, last_complete_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "trainer_scripts", "run.py")
 MAX_STEPS = 16
 SAVE_STEPS = 3

@@ -4,8 +4,8 @@ import socket
 import time
 
 import pytest
-from conftest import make_tiny_vit
 from imagenet_mirrors import IMAGENET_NAMES, paper_protocol
+from testing_utils import cli_args, make_tiny_vit, manual_accuracy, save_model, write_images
 from transformers import BitImageProcessorPil, ViTImageProcessorPil
 
 from hf_nullspace.data import get_benchmark, spec_from_source
@@ -105,8 +105,6 @@ def test_label_alignment_by_class_name():
 
 
 def test_a_permuted_head_is_refused_unless_remapped_then_scored_by_name(tmp_path):
-    from test_suite import manual_accuracy, write_images
-
     from hf_nullspace.data import BenchmarkSpec
 
     data = write_images(tmp_path / "data", num=20, class_names=[f"class_{i}" for i in range(10)])
@@ -141,8 +139,6 @@ def test_precropped_imagenet_c_is_scored_as_stored(mirrors):
 
 
 def test_the_main_job_fails_before_loading_anything_naming_the_missing_benchmark(mirrors, tmp_path):
-    from test_finetune import cli_args, save_model
-
     from hf_nullspace.finetune import main
 
     model = save_model(tmp_path / "model", make_tiny_vit(num_labels=1000))

@@ -1,55 +1,19 @@
-import io
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vit
-from datasets import ClassLabel, Dataset, Features, Image, Value
-from PIL import Image as PILImage
-from transformers import ViTImageProcessor
+from testing_utils import make_tiny_vit, manual_accuracy, tiny_processor, write_images
 
-from hf_nullspace.data import BenchmarkSpec, EvalTransform
+from hf_nullspace.data import BenchmarkSpec
 from hf_nullspace.data.imagenet_classes import IMAGENET_A_INDICES_IN_1K
 from hf_nullspace.robustness import Evaluation, Suite, evaluate_robustness, get_suite
 
-PROCESSOR = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
-def write_images(path, num=24, num_classes=10, corrupt_rows=(), class_names=None):
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for i in range(num):
-        buffer = io.BytesIO()
-        PILImage.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
-        data = buffer.getvalue()
-        images.append({"bytes": data[: len(data) // 3] if i in corrupt_rows else data, "path": None})
-        labels.append(int(rng.integers(0, num_classes)))
-    label = ClassLabel(names=class_names) if class_names else Value("int64")
-    features = Features({"image": Image(), "label": label})
-    os.makedirs(path, exist_ok=True)
-    Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
-        os.path.join(path, "test.parquet")
-    )
-    return str(path)
+PROCESSOR = tiny_processor()
 
 
 def spec(path, label_space="custom", num_classes=10):
     return BenchmarkSpec(name="local", path=path, split="test", label_space=label_space, num_classes=num_classes)
-
-
-def manual_accuracy(model, path, columns=None):
-    from datasets import load_dataset
-
-    rows = load_dataset("parquet", data_files=os.path.join(path, "test.parquet"), split="train")
-    transform = EvalTransform(32, crop_pct=1.0)
-    images = torch.stack([transform(row["image"]) for row in rows])
-    labels = torch.tensor(rows["label"])
-    with torch.no_grad():
-        logits = model(pixel_values=(images - 0.5) / 0.5).logits
-    logits = logits if columns is None else logits[:, columns]
-    return float((logits.argmax(-1) == labels).float().mean())
 
 
 def test_clean_accuracy_equals_a_manual_computation(tmp_path):
@@ -147,6 +111,17 @@ def test_sample_caps_read_evenly_spaced_rows_and_are_stated(tmp_path):
     assert rows["fgsm@0.1"]["sampling"]["selection"] == "evenly spaced over the 12 rows"
     with pytest.raises(ValueError, match=r"Sample caps for \['cw'\] match nothing"):
         evaluate_robustness({"m": model}, PROCESSOR, suite=suite, sample_caps={"cw": 4}, progress=False)
-    # bf16 autocast (meant for GPUs) runs on CPU too
-    bf16 = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, bf16=True, progress=False)
-    assert bf16.value("m", "clean") == pytest.approx(report.value("m", "clean"), abs=0.25)
+    # bf16 autocast (meant for GPUs) runs on CPU too: the accuracy of the model's bfloat16 predictions, exactly
+    autocast = []
+    hook = model.classifier.register_forward_hook(
+        lambda module, args, output: autocast.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        )
+    )
+    try:
+        bf16 = evaluate_robustness({"m": model}, PROCESSOR, suite=suite, bf16=True, progress=False)
+    finally:
+        hook.remove()
+    assert autocast and set(autocast) == {torch.bfloat16}
+    assert bf16.value("m", "clean") == manual_accuracy(model, data, bf16=True)
+    assert report.value("m", "clean") == manual_accuracy(model, data)

@@ -1,56 +1,14 @@
-import functools
 import json
 import os
 
 import pytest
 import torch
-from conftest import make_tiny_vit, template_images, tiny_training_args
-from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
+from testing_utils import NO_DROPOUT, StopAt, final_weights, make_tiny_vit, make_trainer, template_images
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.embedding import UnsupportedModelError
 from hf_nullspace.noise_bank import NOISE_BANK_FILE, NOISE_STATE_FILE, NoiseBank, last_complete_checkpoint
-from hf_nullspace.trainer import NullspaceTrainer
-
-
-class TemplateDataset(torch.utils.data.Dataset):
-    def __init__(self, size=96):
-        self.pixel_values, self.labels = template_images(size, seed=7)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
-
-
-@functools.cache
-def _reading_tiny_vit():
-    """The tiny ViT after 30 steps on the templates: unlike an untrained head, it reads its input, so an epsilon
-    boundary exists and a noise is synthesised (an untrained one gets none: `no_boundary`)."""
-    torch.manual_seed(0)
-    model = make_tiny_vit()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(30):
-        pixel_values, labels = template_images(32, seed=100 + step)
-        model(pixel_values=pixel_values, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.state_dict()
-
-
-def make_trainer(tmp_path, nullspace_args=None, model=None, **training):
-    arguments = tiny_training_args(tmp_path, **training)
-    torch.manual_seed(0)
-    if model is None:
-        model = make_tiny_vit()
-        model.load_state_dict(_reading_tiny_vit())
-    return NullspaceTrainer(
-        model=model,
-        args=arguments,
-        train_dataset=TemplateDataset(),
-        nullspace_args=nullspace_args or NullspaceArguments(noise_max_updates=20, noise_refresh_steps=2),
-    )
 
 
 def gradient(trainer, inputs):
@@ -66,10 +24,11 @@ def gradient(trainer, inputs):
 def test_loss_contains_the_noisy_term(tmp_path):
     pixel_values, labels = template_images(8, seed=3)
     inputs = {"pixel_values": pixel_values, "labels": labels}
-    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"))
-    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5))
+    # no dropout: the gradients of three trainers and a loss recomputed by hand must see the same forward passes
+    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"), make_tiny_vit(**NO_DROPOUT))
+    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5), make_tiny_vit(**NO_DROPOUT))
     noisy.refresh_noise(noisy.model, inputs)
-    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0))
+    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0), make_tiny_vit(**NO_DROPOUT))
     zero.noise_bank = NoiseBank(noisy.noise_bank.noises, noisy.noise_bank.history)
     for trainer in (plain, noisy, zero):
         trainer.model.load_state_dict(plain.model.state_dict())
@@ -92,9 +51,12 @@ def test_loss_contains_the_noisy_term(tmp_path):
 def test_shared_forward_equals_separate_passes(tmp_path):
     pixel_values, labels = template_images(8, seed=4)
     inputs = {"pixel_values": pixel_values, "labels": labels}
-    shared = make_trainer(tmp_path / "a", NullspaceArguments(noise_max_updates=5, noise_shared_forward=True))
+    # no dropout: one doubled forward pass and two separate ones must give the same gradient
+    shared_args = NullspaceArguments(noise_max_updates=5, noise_shared_forward=True)
+    shared = make_trainer(tmp_path / "a", shared_args, make_tiny_vit(**NO_DROPOUT))
     shared.refresh_noise(shared.model, inputs)
-    separate = make_trainer(tmp_path / "b", NullspaceArguments(noise_shared_forward=False))
+    separate_args = NullspaceArguments(noise_shared_forward=False)
+    separate = make_trainer(tmp_path / "b", separate_args, make_tiny_vit(**NO_DROPOUT))
     separate.model.load_state_dict(shared.model.state_dict())
     separate.noise_bank = NoiseBank(shared.noise_bank.noises, shared.noise_bank.history)
     torch.testing.assert_close(gradient(shared, inputs), gradient(separate, inputs), rtol=1e-4, atol=1e-6)
@@ -133,19 +95,6 @@ def test_mode_none_never_synthesises(tmp_path):
     trainer = make_trainer(tmp_path, NullspaceArguments(nullspace_mode="none"), max_steps=2)
     trainer.train()
     assert len(trainer.noise_bank) == 0 and trainer.noise_history == []
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated preemption")
-
-
-def final_weights(trainer):
-    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):

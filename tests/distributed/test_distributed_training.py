@@ -1,17 +1,16 @@
 """Scale: the real job under two gloo processes on CPU (`accelerate launch --multi_gpu --num_processes 2`).
 
-Each launch runs `tests/multiprocess_job.py` (the job's own `parse_args` + `build_trainer` + `trainer.train`), which
-makes every rank write its weights, noise bank, noise history and the ids of the examples it trained on. The tests
+Each launch runs `multiprocess_job.py` (the job's own `parse_args` + `build_trainer` + `trainer.train`), which makes
+every rank write its weights, noise bank, noise history and the ids of the examples it trained on. The tests
 then check that the ranks agree exactly (one noise per refresh, the epsilon stop on the same update, one set of
-weights) while training on different data, and that a streamed dataset gives every example to exactly one rank.
+weights) while training on different data, and that a streamed dataset gives every example to exactly one rank;
+the same for the adversarial baselines and for LoRA adapters.
 """
 
 import copy
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -19,10 +18,11 @@ import pytest
 import torch
 from datasets import Dataset, load_dataset
 from safetensors.torch import load_file
-from test_finetune import cli_args, save_model, write_parquet
+from testing_utils import ROOT, accelerate_launch, cli_args, save_model, subprocess_env, write_parquet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOB = os.path.join(ROOT, "tests", "multiprocess_job.py")
+from hf_nullspace.adversarial import ADVERSARIAL_MODES, AdversarialTraining
+
+JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_job.py")
 WORLD_SIZE = 2
 NUM_TRAIN = 32  # rows of the train split (write_parquet's 48 minus 16 test rows)
 BATCH = 4  # per device: 2 ranks x 4 rows x 4 steps = one pass over the 32 rows
@@ -51,32 +51,6 @@ def write_id_shards(folder, num_shards=2):
             os.path.join(folder, f"train-{s:05d}-of-{num_shards:05d}.parquet")
         )
     return folder, list(range(len(images)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def accelerate_launch(num_processes: int) -> list[str]:
-    """The `accelerate launch` command line for `num_processes` CPU processes on this machine, on a free port."""
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
 
 
 def job_args(data, model, out, *extra):
@@ -115,10 +89,10 @@ def launch(data, model, out, *extra):
         JOB,
         *job_args(data, model, out, *extra),
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    env.pop("ACCELERATE_USE_CPU", None)
     start = time.perf_counter()
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=ROOT)
+    completed = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=ROOT
+    )
     seconds = time.perf_counter() - start
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
     states = []
@@ -210,3 +184,37 @@ def test_streamed_examples_go_to_exactly_one_rank(assets, dispatch_batches):
     assert not set(seen0) & set(seen1), f"examples seen by both ranks: {sorted(set(seen0) & set(seen1))}"
     assert sorted(counts) == ids, f"examples never seen: {sorted(set(ids) - set(counts))}"
     assert set(counts.values()) == {1}, counts
+
+
+# ---- the adversarial baselines and LoRA adapters -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ADVERSARIAL_MODES)
+def test_two_ranks_train_one_model_on_different_data(tmp_path, trained_tiny_vit, mode):
+    data, _ = write_id_shards(tmp_path / "data", num_shards=2)
+    model = save_model(tmp_path / "model", copy.deepcopy(trained_tiny_vit))
+    out = str(tmp_path / "out")
+    states, _ = launch(data, model, out, "--nullspace_mode", mode, "--adversarial_steps", "3")
+    rank0, rank1 = states
+    assert rank0["global_step"] == rank1["global_step"] == 4 and rank0["history"] == rank1["history"] == []
+    params = sorted(k for k in rank0["tensors"] if k.startswith("param."))
+    worst = max(float((rank0["tensors"][k] - rank1["tensors"][k]).abs().max()) for k in params)
+    assert worst <= 1e-7, f"the ranks' weights differ by up to {worst}"
+    for b0, b1 in zip(rank0["batches"], rank1["batches"], strict=True):
+        assert b0["ids"] != b1["ids"]
+    # the attack's statistics are averaged over the processes: both ranks log the same values with the loss
+    logs = [[e for e in state["log_history"] if "loss" in e] for state in states]
+    assert logs[0] and all("adversarial_accuracy" in e for e in logs[0])
+    keys = AdversarialTraining.STAT_KEYS
+    assert [[e[k] for k in keys] for e in logs[0]] == [[e[k] for k in keys] for e in logs[1]]
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_noise_and_one_adapter(tmp_path, trained_tiny_vit):
+    pytest.importorskip("peft")
+    data, _ = write_id_shards(tmp_path / "data", num_shards=2)
+    model = save_model(tmp_path / "model", copy.deepcopy(trained_tiny_vit))
+    states, _ = launch(data, model, str(tmp_path / "out"), "--use_lora", "true", "--lora_r", "4")
+    assert_ranks_in_step(states)  # one noise per refresh on both ranks, the same weights at the end
+    assert any(".lora_A." in key for key in states[0]["tensors"])

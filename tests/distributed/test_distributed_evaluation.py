@@ -8,19 +8,9 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tiny_vit
-from test_distributed import accelerate_launch
-from test_finetune import save_model
-from test_suite import write_images
+from testing_utils import ROOT, accelerate_launch, make_tiny_vit, save_model, subprocess_env, write_images
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "trainer_scripts", "evaluate.py")
-
-
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    env.pop("ACCELERATE_USE_CPU", None)
-    return env
 
 
 def run_evaluate(arguments, output_dir, processes=1):
@@ -30,7 +20,7 @@ def run_evaluate(arguments, output_dir, processes=1):
         command = [*accelerate_launch(processes), SCRIPT]
     completed = subprocess.run(
         [*command, *arguments, "--output-dir", output_dir],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,

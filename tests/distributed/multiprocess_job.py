@@ -1,7 +1,7 @@
 """Test-only launcher: runs the real job (`parse_args` + `build_trainer` + `trainer.train`, as
 `trainer_scripts/run.py` does) under `accelerate launch` / `torchrun`, then makes every rank write its own state.
 
-    accelerate launch --multi_gpu --num_processes 2 ... tests/multiprocess_job.py <job arguments> --use_cpu True
+    accelerate launch --multi_gpu --num_processes 2 ... tests/distributed/multiprocess_job.py <job args> --use_cpu True
 
 After training, rank `i` writes to the output folder:
 

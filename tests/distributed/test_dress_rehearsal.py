@@ -20,9 +20,7 @@ import time
 import pytest
 import yaml
 from imagenet_mirrors import IMAGENET_NAMES, paper_protocol
-from test_distributed import accelerate_launch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testing_utils import ROOT, accelerate_launch, subprocess_env
 
 
 def vit_b16_shape(folder) -> str:
@@ -100,10 +98,8 @@ def test_paper_protocol_dress_rehearsal(tmp_path):
         "1",
         "5",
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    env.pop("ACCELERATE_USE_CPU", None)
     launched = time.perf_counter()
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    completed = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     wall = time.perf_counter() - launched
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     stages = json.loads(re.search(r"Stage seconds: (\{.*\})", completed.stdout).group(1))
