@@ -218,13 +218,13 @@ def _hub_group(result: EvalResult) -> tuple:
     return (result.task_type, result.dataset_type, result.dataset_config, result.dataset_split, result.metric_type)
 
 
-def _robustness_eval_results(finetuned: dict, taken: list[EvalResult]) -> list[EvalResult]:
+def robustness_eval_results(finetuned: dict, taken: list[EvalResult] = ()) -> list[EvalResult]:
     """
-    The model-index entries of the finetuned model's robustness results, each in a Hub group of its own (see the
-    module docstring): the suite's clean accuracy is left out when `Trainer.evaluate()`'s is there on the same data
-    and split (the clean accuracy appears once); an evaluation with an entry in a taken group (an attack or an
-    on-the-fly corruption of the clean data) takes its name as the dataset config of all its entries; pseudo-datasets
-    (the paper's Average) stay out.
+    The model-index entries of a model's robustness results (`{"results": [row, ...]}`), each in a Hub group of its
+    own (see the module docstring), beside the entries `taken` already: the suite's clean accuracy is left out when
+    `Trainer.evaluate()`'s is there on the same data and split (the clean accuracy appears once); an evaluation with
+    an entry in a taken group (an attack or an on-the-fly corruption of the clean data) takes its name as the dataset
+    config of all its entries; pseudo-datasets (the paper's Average) stay out.
     """
     clean_data = {(result.dataset_type, result.dataset_split) for result in taken if result.metric_type == "accuracy"}
     candidates = []
@@ -398,7 +398,7 @@ def build_model_card(
         dataset.update({key: value for key, value in vars(training).items() if value is not None})
     models = results.robustness_models
     clean = _clean_eval_results(results)
-    eval_results = clean + (_robustness_eval_results(models["finetuned"], clean) if models else [])
+    eval_results = clean + (robustness_eval_results(models["finetuned"], clean) if models else [])
     license = results.license
     training_name = training.name if training is not None else None  # not the "unknown" shown when none is recorded
     datasets = [training_name] if is_hub_id(training_name) else []

@@ -16,9 +16,11 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 
-from .card import BUDGET_PARAMS, CARD_FILE, PAPER_URL, _eval_results, format_budget
+from .card import BUDGET_PARAMS, CARD_FILE, PAPER_URL
+from .card import robustness_eval_results as card_eval_results
 from .embedding import UnsupportedModelError, find_patch_embedding
 from .nullspace import patch_embedding_nullspace
+from .robustness.budgets import format_budget
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def robustness_eval_results(results: list[dict]) -> list[EvalResult]:
     left out.
     """
     rows = [row for row in results if row["metric"] not in COMPARATIVE_METRICS]
-    eval_results = _eval_results({"results": rows})
+    eval_results = card_eval_results({"results": rows})
     for result in eval_results:
         result.source_name, result.source_url = SOURCE_NAME, SOURCE_URL
     return eval_results

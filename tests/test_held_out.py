@@ -57,6 +57,7 @@ def test_a_flat_imagefolder_run_scores_held_out_rows_only(tmp_path):
     output = tmp_path / "out"
     # fmt: off
     main([
+        "--model_name_or_path", str(ASSETS / "vit-tiny-mnist"),
         "--dataset_name", folder, "--output_dir", str(output), "--max_steps", "2", "--do_train", "--do_eval",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--use_cpu", "True",
         "--report_to", "none", "--save_strategy", "no", "--seed", "42", "--train_flip", "False",

@@ -3,7 +3,15 @@ import os
 
 import pytest
 import torch
-from testing_utils import NO_DROPOUT, StopAt, final_weights, make_tiny_vit, make_trainer, template_images
+from testing_utils import (
+    NO_DROPOUT,
+    StopAt,
+    final_weights,
+    make_tiny_vit,
+    make_trainer,
+    reading_tiny_vit,
+    template_images,
+)
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_nullspace.config import NullspaceArguments
@@ -25,10 +33,10 @@ def test_loss_contains_the_noisy_term(tmp_path):
     pixel_values, labels = template_images(8, seed=3)
     inputs = {"pixel_values": pixel_values, "labels": labels}
     # no dropout: the gradients of three trainers and a loss recomputed by hand must see the same forward passes
-    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"), make_tiny_vit(**NO_DROPOUT))
-    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5), make_tiny_vit(**NO_DROPOUT))
+    plain = make_trainer(tmp_path / "none", NullspaceArguments(nullspace_mode="none"), reading_tiny_vit(**NO_DROPOUT))
+    noisy = make_trainer(tmp_path / "ns", NullspaceArguments(noise_max_updates=5), reading_tiny_vit(**NO_DROPOUT))
     noisy.refresh_noise(noisy.model, inputs)
-    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0), make_tiny_vit(**NO_DROPOUT))
+    zero = make_trainer(tmp_path / "w0", NullspaceArguments(noisy_loss_weight=0.0), reading_tiny_vit(**NO_DROPOUT))
     zero.noise_bank = NoiseBank(noisy.noise_bank.noises, noisy.noise_bank.history)
     for trainer in (plain, noisy, zero):
         trainer.model.load_state_dict(plain.model.state_dict())

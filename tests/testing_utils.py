@@ -243,10 +243,11 @@ def _reading_tiny_vit_state() -> dict:
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
-def reading_tiny_vit():
-    """A `make_tiny_vit()` after 30 steps on the templates: unlike an untrained head, it reads its input, so an epsilon
-    boundary exists and the automatic start synthesises a noise (an untrained one gets none: `no_boundary`)."""
-    model = make_tiny_vit()
+def reading_tiny_vit(**overrides):
+    """A `make_tiny_vit(**overrides)` with the weights of 30 steps on the templates: unlike an untrained head, it reads
+    its input, so an epsilon boundary exists and the automatic start synthesises a noise (an untrained one gets none:
+    `no_boundary`)."""
+    model = make_tiny_vit(**overrides)
     model.load_state_dict(_reading_tiny_vit_state())
     return model
 
