@@ -261,3 +261,35 @@ def test_every_refresh_records_the_statistic_on_an_unseen_batch(tmp_path, varian
         assert record["synthesis_data"] == variant
         assert record["unseen_batch_statistic"] is not None and record["unseen_batch_statistic"] >= 0
         assert record["unseen_batch_inside"] == (record["unseen_batch_statistic"] < nullspace.noise_epsilon)
+
+
+def streamed_marked():
+    """`Marked` (no augmentation) as a streamed `datasets.IterableDataset` in 3 shards."""
+    from datasets import Dataset
+
+    rows = Marked(augment=False)
+    table = Dataset.from_dict({"pixel_values": rows.pixel_values.numpy(), "labels": rows.labels.numpy()})
+    return table.to_iterable_dataset(num_shards=3).with_format("torch")
+
+
+def test_a_streamed_training_set_keeps_its_batches_and_saved_position(tmp_path, monkeypatch):
+    import json
+
+    runs = {}
+    for name, nullspace in [
+        ("none", NullspaceArguments(nullspace_mode="none")),
+        ("stream", NullspaceArguments(noise_synthesis_data="stream", noise_refresh_steps=2, noise_max_updates=5)),
+    ]:
+        trainer = make_trainer(tmp_path / name, nullspace, max_steps=4, save_strategy="steps", save_steps=3)
+        trainer.train_dataset = streamed_marked()
+        calls = spy_on_forwards(monkeypatch)
+        runs[name] = trained_rows(trainer)
+        with open(tmp_path / name / "checkpoint-3" / "stream_state_0.json") as handle:
+            runs[name + " position"] = json.load(handle)["state"]
+        if name == "stream":
+            assert [record["step"] for record in trainer.noise_history] == [0, 2]
+            synthesised = {i for ids, with_grad in calls if with_grad for i in ids}
+            assert synthesised and synthesised <= set(range(ROWS))
+            assert all(record["unseen_batch_statistic"] is not None for record in trainer.noise_history)
+    assert len(runs["none"]) == 4 and runs["stream"] == runs["none"]
+    assert runs["stream position"] == runs["none position"] and runs["none position"] is not None
