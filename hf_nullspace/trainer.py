@@ -131,14 +131,9 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         """
         start = time.perf_counter()
         args = self.nullspace_args
-        stream = self.synthesis_stream() if self.train_dataset is not None else None
+        stream = self.synthesis_stream() if args.noise_synthesis_data == "stream" or self._streamable() else None
         heldout = None
         if args.noise_synthesis_data == "stream":
-            if stream is None:
-                raise ValueError(
-                    "noise_synthesis_data='stream' draws the synthesis batches from the training set, but this "
-                    "trainer has no train_dataset: pass one, or use noise_synthesis_data='batch'."
-                )
             batches = stream
         else:
             pixel_values = inputs["pixel_values"]
@@ -192,6 +187,13 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         shuffling, if any, at an epoch of its own) on a copy of the dataset, so the training stream's position is
         untouched too.
         """
+        if not self._streamable():
+            found = "no train_dataset" if self.train_dataset is None else type(self.train_dataset).__name__
+            raise ValueError(
+                "The noise synthesis stream draws batches from the training set: it needs a map-style dataset or a "
+                f"`datasets.IterableDataset` as train_dataset, got {found}. Pass one, or use "
+                "noise_synthesis_data='batch'."
+            )
         base = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         seed = (base * 1_000_003 + self.state.global_step) % 2**63
         generator = torch.Generator().manual_seed(seed)
@@ -214,11 +216,6 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
             dataset.set_epoch(seed % 2**31)
             loader_args["collate_fn"] = self._get_collator_with_removed_columns(collator, description="Training")
             loader = DataLoader(dataset, batch_size=self._train_batch_size, **loader_args)
-        elif isinstance(dataset, torch.utils.data.IterableDataset):
-            raise ValueError(
-                "A noise synthesis stream needs a map-style training set or a `datasets.IterableDataset`; this "
-                f"train_dataset is a {type(dataset).__name__}. Use noise_synthesis_data='batch' or wrap the data."
-            )
         else:
             if isinstance(dataset, datasets.Dataset):
                 dataset = self._remove_unused_columns(dataset, description="Training")
@@ -231,6 +228,11 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
                 batches = BatchSamplerShard(batches, num_processes=world, process_index=rank, even_batches=True)
             loader = DataLoader(dataset, batch_sampler=batches, **loader_args)
         return self._stream_batches(loader, seed)
+
+    def _streamable(self) -> bool:
+        dataset = self.train_dataset
+        streamed = isinstance(dataset, datasets.IterableDataset)
+        return dataset is not None and (streamed or not isinstance(dataset, torch.utils.data.IterableDataset))
 
     def _stream_batches(self, loader: DataLoader, seed: int) -> Iterator[dict]:
         # the loader's transforms run under RNG states of their own (torch CPU, Python, NumPy), swapped in for each

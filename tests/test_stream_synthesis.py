@@ -293,3 +293,24 @@ def test_a_streamed_training_set_keeps_its_batches_and_saved_position(tmp_path, 
             assert all(record["unseen_batch_statistic"] is not None for record in trainer.noise_history)
     assert len(runs["none"]) == 4 and runs["stream"] == runs["none"]
     assert runs["stream position"] == runs["none position"] and runs["none position"] is not None
+
+
+class TorchStream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        rows = Marked(augment=False)
+        return iter(rows[i] for i in range(ROWS))
+
+
+def test_a_stream_needs_a_training_set_it_can_draw_from(tmp_path):
+    trainer = make_trainer(tmp_path, NullspaceArguments(noise_synthesis_data="stream"))
+    trainer.train_dataset = None
+    with pytest.raises(ValueError, match="no train_dataset.*noise_synthesis_data='batch'"):
+        trainer.refresh_noise(trainer.model, {"pixel_values": templates(BATCH, seed=1)[0]})
+    trainer.train_dataset = TorchStream()
+    with pytest.raises(ValueError, match="got TorchStream"):
+        trainer.refresh_noise(trainer.model, {"pixel_values": templates(BATCH, seed=1)[0]})
+    # the current-batch variant still runs on such a set, without an unseen-batch statistic
+    batch = make_trainer(tmp_path, NullspaceArguments(noise_max_updates=5))
+    batch.train_dataset = TorchStream()
+    record = batch.refresh_noise(batch.model, {"pixel_values": templates(BATCH, seed=1)[0]})
+    assert record["unseen_batch_statistic"] is None and record["unseen_batch_inside"] is None
