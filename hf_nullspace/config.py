@@ -70,7 +70,7 @@ class NullspaceArguments:
             Synthesise on the first this many rows of the (micro-)batch; the other rows are held out and the
             statistic of the noise on them is recorded (`heldout_statistic`). `None` (the default): the whole
             batch, no held-out statistic. Under gradient accumulation the batch is the first micro-batch of the
-            optimiser step at which the refresh falls.
+            optimiser step at which the refresh falls. Current-batch synthesis only (`noise_synthesis_data="batch"`).
         noise_synthesis_data (`str`, *optional*, defaults to `"batch"`):
             What the noise is synthesised on. `"batch"`: the current training batch, every update and the stop
             statistic on it. `"stream"` (the authors' runs): a stream of training batches drawn by a second loader
