@@ -187,13 +187,16 @@ def test_drawing_the_stream_leaves_the_global_rng_untouched(tmp_path):
     assert row_id(next(trainer.synthesis_stream())["pixel_values"]) != row_id(drawn[0]["pixel_values"])
 
 
-def trained_rows(trainer):
-    """Runs `trainer.train()` and returns the row ids of every batch it trained on, in order."""
+def trained_rows(trainer, pixels=None):
+    """Runs `trainer.train()` and returns the row ids of every batch it trained on, in order (their pixel values
+    appended to `pixels`)."""
     seen = []
     original = trainer.compute_loss
 
     def compute_loss(model, inputs, *args, **kwargs):
         seen.append(row_id(inputs["pixel_values"]))
+        if pixels is not None:
+            pixels.append(inputs["pixel_values"].clone())
         return original(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss
@@ -202,15 +205,20 @@ def trained_rows(trainer):
 
 
 def test_the_trainers_own_batches_are_the_same_in_every_variant(tmp_path):
-    runs = {}
+    runs, pixels = {}, {}
     for name, nullspace in [
         ("none", NullspaceArguments(nullspace_mode="none")),
         ("batch", NullspaceArguments(noise_refresh_steps=2, noise_max_updates=5)),
         ("stream", NullspaceArguments(noise_synthesis_data="stream", noise_refresh_steps=2, noise_max_updates=5)),
     ]:
-        runs[name] = trained_rows(make_trainer(tmp_path / name, nullspace, max_steps=6))
+        pixels[name] = []
+        runs[name] = trained_rows(make_trainer(tmp_path / name, nullspace, max_steps=6), pixels[name])
     assert len(runs["none"]) == 6
     assert runs["stream"] == runs["batch"] == runs["none"]
+    # the random augmentation too: both variants draw one noise direction per refresh from the global RNG, and the
+    # stream's loader draws nothing from it
+    for stream, batch in zip(pixels["stream"], pixels["batch"], strict=True):
+        torch.testing.assert_close(stream, batch, rtol=0, atol=0)
 
 
 class StopAt(TrainerCallback):
