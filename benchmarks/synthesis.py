@@ -6,10 +6,18 @@ and seeds: updates taken, whether epsilon was reached by the updates, whether th
 the statistic on the synthesis batch and on the *next* batch (held out), the noise norm and its ratio to the
 patch-embedding norm, and the seconds. A warm-start chain (each synthesis starting from the previous noise, on the
 next batch) is measured against fresh starts on the same batches. The model is fixed here (no finetuning between
-syntheses); the reproduction benchmark measures warm starts during real training. JSON to
-`benchmarks/results/synthesis.json`.
+syntheses); the reproduction benchmark measures warm starts during real training.
+
+`--synthesis-data stream` adds the authors' variant (`noise_synthesis_data="stream"`): each synthesis runs on a
+stream of batches (a random order of a pool of `--stream-batches` batches, re-drawn per pass, starting at a different
+batch each time), one batch per update with the stop statistic on each new batch before its update, and its held-out
+statistic is on the next batch of the stream (one it was never updated on; `heldout_fresh` says whether that batch
+was not used by the synthesis at all). The current-batch variant's held-out batch is the next batch of the pool.
+JSON to `benchmarks/results/synthesis.json`.
 
     python benchmarks/synthesis.py
+    python benchmarks/synthesis.py --synthesis-data batch stream --epsilons 0.03 --init-factors 2 --init-limits \
+        --output benchmarks/results/synthesis_stream.json
 """
 
 import argparse
@@ -60,6 +68,38 @@ def measure(model, data, nullspace_args, seeds, warm_start=False):
     return records
 
 
+def stream(pool, start: int, seed: int, used: list):
+    """Batches of `pool` from `start` on, a random order per pass (seeded), endlessly; appends each index to `used`."""
+    generator = torch.Generator().manual_seed(seed)
+    order = [start] + [i for i in torch.randperm(len(pool), generator=generator).tolist() if i != start]
+    while True:
+        for i in order:
+            used.append(i)
+            yield pool[i]
+        order = torch.randperm(len(pool), generator=generator).tolist()
+
+
+def measure_stream(model, pool, nullspace_args, seeds, starts):
+    """The stream variant: each synthesis on a stream over `pool`; held out: the next batch of that stream."""
+    from hf_nullspace import synthesize_noise
+    from hf_nullspace.synthesis import noise_statistic
+
+    records = []
+    for seed in range(seeds):
+        for i in range(starts):
+            used = []
+            batches = stream(pool, (i * 7) % len(pool), seed * 1000 + i, used)
+            start = time.perf_counter()
+            result = synthesize_noise(model, batches, nullspace_args, generator=torch.Generator().manual_seed(seed))
+            seconds = time.perf_counter() - start
+            unseen = next(batches)
+            heldout = noise_statistic(model, unseen, result.noise, nullspace_args)
+            record = {**result.summary(), "heldout_statistic": heldout, "seconds": seconds, "batch": i, "seed": seed}
+            record.update(batches_drawn=len(used) - 1, heldout_fresh=used[-1] not in used[:-1])
+            records.append(record)
+    return records
+
+
 def row(label, dataset, epsilon, records, **extra):
     updates = [r["updates"] for r in records]
     seconds = [r["seconds"] for r in records]
@@ -91,7 +131,9 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     parser.add_argument("--init-factors", type=float, nargs="+", default=[1.5, 2.0, 4.0])
-    parser.add_argument("--init-limits", type=float, nargs="+", default=[3.0, 6.0])
+    parser.add_argument("--init-limits", type=float, nargs="*", default=[3.0, 6.0])
+    parser.add_argument("--synthesis-data", nargs="+", default=["batch"], choices=["batch", "stream"])
+    parser.add_argument("--stream-batches", type=int, default=32, help="batches in the stream variant's pool")
     parser.add_argument("--max-updates", type=int, default=3000)
     parser.add_argument("--workdir", default="/tmp/hf_nullspace_reproduction")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "synthesis.json"))
@@ -105,7 +147,9 @@ def main():
     rows, forward = [], {}
     for dataset in args.datasets:
         model = AutoModelForImageClassification.from_pretrained(DATASETS[dataset]["model"]).eval()
-        data = batches(dataset_dir(dataset, args.workdir), args.batches, args.batch_size)
+        count = max(args.batches, args.stream_batches if "stream" in args.synthesis_data else 0)
+        pool = batches(dataset_dir(dataset, args.workdir), count, args.batch_size)
+        data = pool[: args.batches]
         with torch.no_grad():
             start = time.perf_counter()
             model(pixel_values=data[0])
@@ -133,7 +177,21 @@ def main():
             )
             random = NullspaceArguments(nullspace_mode="random", noise_epsilon=epsilon)
             rows.append(row("random baseline", dataset, epsilon, measure(model, data, random, args.seeds)))
-            for r in rows[-len(settings) - 2 :]:
+            added = len(settings) + 2
+            if "stream" in args.synthesis_data:
+                for label, kwargs, extra in settings + [("random baseline", dict(nullspace_mode="random"), {})]:
+                    stream_args = NullspaceArguments(
+                        noise_epsilon=epsilon,
+                        noise_max_updates=args.max_updates,
+                        noise_synthesis_data="stream",
+                        **kwargs,
+                    )
+                    records = measure_stream(model, pool, stream_args, args.seeds, args.batches)
+                    rows.append(row(f"{label}, stream", dataset, epsilon, records, synthesis_data="stream", **extra))
+                    rows[-1]["heldout_fresh"] = sum(r["heldout_fresh"] for r in records) / len(records)
+                    rows[-1]["batches_drawn_median"] = statistics.median(r["batches_drawn"] for r in records)
+                    added += 1
+            for r in rows[-added:]:
                 print(
                     f"{dataset:8s} eps={epsilon:<5g} {r['setting']:18s} reached {r['reached']:4.0%} "
                     f"fallback {r['fallback']:4.0%} updates {r['updates_median']:5.0f} (max {r['updates_max']:4d}) "
@@ -147,7 +205,8 @@ def main():
         "models": {d: os.path.relpath(DATASETS[d]["model"], ROOT) for d in args.datasets},
         "batch_size": args.batch_size,
         "clean_forward_seconds": forward,
-        "heldout": "the statistic of each noise on the next batch (one it was not synthesised on)",
+        "heldout": "the statistic of each noise on the next batch (one it was not synthesised on); stream rows: the "
+        "next batch of the synthesis stream (one it was never updated on)",
         "rows": rows,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 
 NULLSPACE_MODES = ("nullspace", "random", "norm_matched", "none", "madry", "trades")
 NOISE_OBJECTIVES = ("logit_mse", "log_norm")
+NOISE_SYNTHESIS_DATA = ("batch", "stream")
 
 
 @dataclass
@@ -69,7 +70,14 @@ class NullspaceArguments:
             Synthesise on the first this many rows of the (micro-)batch; the other rows are held out and the
             statistic of the noise on them is recorded (`heldout_statistic`). `None` (the default): the whole
             batch, no held-out statistic. Under gradient accumulation the batch is the first micro-batch of the
-            optimiser step at which the refresh falls.
+            optimiser step at which the refresh falls. Current-batch synthesis only (`noise_synthesis_data="batch"`).
+        noise_synthesis_data (`str`, *optional*, defaults to `"batch"`):
+            What the noise is synthesised on. `"batch"`: the current training batch, every update and the stop
+            statistic on it. `"stream"` (the authors' runs): a stream of training batches drawn by a second loader
+            built like the trainer's own (same collator, batch size and per-process share, its own random order and
+            RNG): the stop statistic is measured on each new batch before the update on it, so the returned noise is
+            inside epsilon on a batch it was never updated on. Either way every refresh records the statistic of the
+            returned noise on the next batch of that stream (`unseen_batch_statistic`).
         noise_warm_start (`bool`, *optional*, defaults to `False`):
             Start each synthesis from the previous learned noise (rescaled as a fresh start would be) instead of a
             fresh draw.
@@ -141,6 +149,13 @@ class NullspaceArguments:
         default=None,
         metadata={"help": "Synthesise on the first k rows of the batch, hold out the rest (unset: whole batch)."},
     )
+    noise_synthesis_data: str = field(
+        default="batch",
+        metadata={
+            "help": f"Synthesise on the current batch or on a stream of training batches: one of "
+            f"{', '.join(NOISE_SYNTHESIS_DATA)}."
+        },
+    )
     noise_warm_start: bool = field(
         default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
     )
@@ -170,6 +185,11 @@ class NullspaceArguments:
         if self.noise_objective not in NOISE_OBJECTIVES:
             raise ValueError(
                 f"noise_objective={self.noise_objective!r} is not supported: use one of {', '.join(NOISE_OBJECTIVES)}."
+            )
+        if self.noise_synthesis_data not in NOISE_SYNTHESIS_DATA:
+            raise ValueError(
+                f"noise_synthesis_data={self.noise_synthesis_data!r} is not supported: use 'batch' (synthesise on "
+                "the current batch) or 'stream' (on a stream of training batches, as the authors ran it)."
             )
         for name in ("noise_epsilon", "noise_lr", "noise_init_limit", "noise_init_factor", "noise_max_norm_ratio"):
             value = getattr(self, name)

@@ -232,7 +232,9 @@ def synthesize_noise(
             The vision model (unwrapped or wrapped); its mode and `requires_grad` flags are restored afterwards and
             no parameter gradient is left behind.
         batches (`torch.Tensor`, `dict`, or a sequence/re-iterable of them):
-            Batches of `pixel_values` (as the model takes them), cycled through one per update.
+            Batches of `pixel_values` (as the model takes them), one per update: a sequence is cycled through (its
+            clean logits computed once), an iterator (a stream of training batches) is drawn from until it ends (the
+            clean logits computed per batch). The first batch calibrates the start.
         args ([`NullspaceArguments`], *optional*):
             Hyperparameters; the library's defaults when not given.
         accelerator (`accelerate.Accelerator`, *optional*):
@@ -329,6 +331,30 @@ class _Context:
         """The epsilon statistic of `noise` on one batch, without gradients, averaged over processes."""
         clean, noisy = self.measure(position, pixel_values, noise, with_grad=False)
         return float(self.sync.mean(epsilon_statistic(clean, noisy)))
+
+
+def noise_statistic(
+    model: nn.Module,
+    batches: torch.Tensor | dict | Sequence,
+    noise: torch.Tensor,
+    args: NullspaceArguments | None = None,
+    accelerator=None,
+) -> float:
+    """
+    The epsilon statistic of `noise` on `batches` (mean over them; model in eval mode, no gradients), averaged over
+    processes: e.g. on a batch the noise was never updated on.
+
+    Args:
+        model (`nn.Module`): the vision model (unwrapped or wrapped); its mode and flags are restored afterwards.
+        batches (`torch.Tensor`, `dict`, or a sequence of them): batches of `pixel_values`.
+        noise (`torch.Tensor`): the noise, shape (1, N, D).
+        args ([`NullspaceArguments`], *optional*): for `nullspace_patch_embedding_module`.
+        accelerator (`accelerate.Accelerator`, *optional*): averages over processes and provides autocast.
+    """
+    args = args if args is not None else NullspaceArguments()
+    model = unwrap(model)
+    with frozen_eval_mode(model):
+        return _heldout_statistic(model, batches, noise, args.nullspace_patch_embedding_module, _Sync(accelerator))
 
 
 def _heldout_statistic(model, heldout, noise, module_name, sync) -> float:

@@ -1,10 +1,18 @@
 """`NullspaceTrainer`: a `transformers.Trainer` that finetunes on epsilon-approximate nullspace noise (Section 4)."""
 
+import copy
 import logging
 import os
+import random
 import time
+from collections.abc import Iterator
 
+import datasets
+import numpy as np
 import torch
+from accelerate.data_loader import BatchSamplerShard
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
@@ -16,7 +24,7 @@ from .loss import LossReduction
 from .noise_bank import NoiseBank, last_complete_checkpoint
 from .publishing import RunPublishingMixin
 from .stream_training import StreamedTrainingMixin
-from .synthesis import synthesize_noise
+from .synthesis import noise_statistic, synthesize_noise
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +121,26 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
 
     def refresh_noise(self, model: torch.nn.Module, inputs: dict, reason: str = "schedule") -> dict:
         """
-        Synthesises a fresh noise on `inputs` (its first `noise_synthesis_batch_size` rows, the rest held out), adds
-        it to the bank, logs and returns its record. A synthesis that finds no epsilon boundary (`no_boundary`, e.g.
-        a fresh head) is recorded as such, and the steps until the next refresh train on the clean loss.
+        Synthesises a fresh noise, adds it to the bank, logs and returns its record. With `noise_synthesis_data=
+        "batch"` the synthesis runs on `inputs` (its first `noise_synthesis_batch_size` rows, the rest held out);
+        with `"stream"` on a stream of training batches from a second loader (`synthesis_stream`), one per update.
+        Either way the statistic of the returned noise on the next batch of that stream, one it was never updated on,
+        is recorded (`unseen_batch_statistic`, when the trainer has a training set). A synthesis that finds no
+        epsilon boundary (`no_boundary`, e.g. a fresh head) is recorded as such, and the steps until the next refresh
+        train on the clean loss.
         """
         start = time.perf_counter()
         args = self.nullspace_args
-        pixel_values, heldout = inputs["pixel_values"], None
-        rows = args.noise_synthesis_batch_size
-        if rows is not None and rows < pixel_values.shape[0]:
-            pixel_values, heldout = pixel_values[:rows], pixel_values[rows:]
+        stream = self.synthesis_stream() if args.noise_synthesis_data == "stream" or self._streamable() else None
+        heldout = None
+        if args.noise_synthesis_data == "stream":
+            batches = stream
+        else:
+            pixel_values = inputs["pixel_values"]
+            rows = args.noise_synthesis_batch_size
+            if rows is not None and rows < pixel_values.shape[0]:
+                pixel_values, heldout = pixel_values[:rows], pixel_values[rows:]
+            batches = {"pixel_values": pixel_values}
         warm_start = None
         if args.noise_warm_start and args.nullspace_mode != "random":
             # the previous learned noise (norm_matched trains on a random one and keeps the learned one aside, in the
@@ -130,13 +148,22 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
             warm_start = self.noise_bank.learned if self.noise_bank.learned is not None else self.noise
         result = synthesize_noise(
             self.accelerator.unwrap_model(model),
-            {"pixel_values": pixel_values},
+            batches,
             args,
             accelerator=self.accelerator,
             heldout=heldout,
             init=warm_start,
         )
-        record = {"step": self.state.global_step, **result.summary(), "seconds": time.perf_counter() - start}
+        record = {"step": self.state.global_step, **result.summary()}
+        record["unseen_batch_statistic"] = None
+        if stream is not None and not result.no_boundary:
+            unseen = noise_statistic(model, next(stream), result.noise, args, accelerator=self.accelerator)
+            record["unseen_batch_statistic"] = unseen
+        record["unseen_batch_inside"] = (
+            None if record["unseen_batch_statistic"] is None else record["unseen_batch_statistic"] < args.noise_epsilon
+        )
+        record["synthesis_data"] = args.noise_synthesis_data
+        record["seconds"] = time.perf_counter() - start
         record["warm_start"] = warm_start is not None
         record["reason"] = reason
         self.noise_bank.append(result.noise, record, learned=result.learned_noise)
@@ -144,10 +171,96 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
             {
                 f"noise_{key}": float(value)
                 for key, value in record.items()
-                if key not in ("step", "reason") and value is not None
+                if key not in ("step", "reason", "synthesis_data") and value is not None
             }
         )
         return record
+
+    def synthesis_stream(self) -> Iterator[dict]:
+        """
+        An endless stream of training batches (`{"pixel_values": ...}` on the device) for the noise synthesis, drawn
+        by a second loader built like the trainer's own: the same collator (unused columns removed), batch size,
+        DataLoader settings and per-process share (every process draws its own batches: a shard of one random order
+        of a map-style set, this process's share of a streamed one). It has its own order and RNG, seeded by
+        `data_seed` (or `seed`) and the optimiser step, so the trainer's own batches, order and RNG state are
+        untouched and a resumed run draws the same synthesis batches. A streamed set is read from its start (its
+        shuffling, if any, at an epoch of its own) on a copy of the dataset, so the training stream's position is
+        untouched too.
+        """
+        if not self._streamable():
+            found = "no train_dataset" if self.train_dataset is None else type(self.train_dataset).__name__
+            raise ValueError(
+                "The noise synthesis stream draws batches from the training set: it needs a map-style dataset or a "
+                f"`datasets.IterableDataset` as train_dataset, got {found}. Pass one, or use "
+                "noise_synthesis_data='batch'."
+            )
+        base = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        seed = (base * 1_000_003 + self.state.global_step) % 2**63
+        generator = torch.Generator().manual_seed(seed)
+        dataset, collator = self.train_dataset, self.data_collator
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        loader_args = {
+            "collate_fn": collator,
+            "num_workers": self.args.dataloader_num_workers,
+            "pin_memory": self.args.dataloader_pin_memory,
+            "prefetch_factor": self.args.dataloader_prefetch_factor,
+            "multiprocessing_context": self.args.dataloader_multiprocessing_context,
+            "generator": generator,
+        }
+        if isinstance(dataset, datasets.IterableDataset):
+            share = self._stream_dataset
+            if share is None:
+                share = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
+            dataset = copy.deepcopy(share)
+            dataset._starting_state_dict = None  # from its start, also after a resume moved the training stream on
+            dataset.set_epoch(seed % 2**31)
+            loader_args["collate_fn"] = self._get_collator_with_removed_columns(collator, description="Training")
+            loader = DataLoader(dataset, batch_size=self._train_batch_size, **loader_args)
+        else:
+            if isinstance(dataset, datasets.Dataset):
+                dataset = self._remove_unused_columns(dataset, description="Training")
+            else:
+                loader_args["collate_fn"] = self._get_collator_with_removed_columns(collator, description="Training")
+            batches = BatchSampler(
+                RandomSampler(dataset, generator=generator), self._train_batch_size, self.args.dataloader_drop_last
+            )
+            if world > 1:
+                batches = BatchSamplerShard(batches, num_processes=world, process_index=rank, even_batches=True)
+            loader = DataLoader(dataset, batch_sampler=batches, **loader_args)
+        return self._stream_batches(loader, seed)
+
+    def _streamable(self) -> bool:
+        dataset = self.train_dataset
+        streamed = isinstance(dataset, datasets.IterableDataset)
+        return dataset is not None and (streamed or not isinstance(dataset, torch.utils.data.IterableDataset))
+
+    def _stream_batches(self, loader: DataLoader, seed: int) -> Iterator[dict]:
+        # the loader's transforms run under RNG states of their own (torch CPU, Python, NumPy), swapped in for each
+        # draw, so the trainer's RNG state (checkpointed, and drawing the noise and the training augmentations) is
+        # untouched
+        own = (
+            torch.Generator().manual_seed(seed).get_state(),
+            random.Random(seed).getstate(),
+            np.random.RandomState(seed % 2**32).get_state(),
+        )
+        iterator, empty = None, True
+        while True:
+            saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+            torch.set_rng_state(own[0]), random.setstate(own[1]), np.random.set_state(own[2])
+            try:
+                if iterator is None:
+                    iterator = iter(loader)
+                batch = next(iterator, None)
+                own = torch.get_rng_state(), random.getstate(), np.random.get_state()
+            finally:
+                torch.set_rng_state(saved[0]), random.setstate(saved[1]), np.random.set_state(saved[2])
+            if batch is None:  # one pass over the data: the next pass in a fresh order
+                if empty:
+                    raise ValueError("The training set gave no batch to synthesise the noise on: it is empty.")
+                iterator = None
+                continue
+            empty = False
+            yield {"pixel_values": self._prepare_inputs(batch)["pixel_values"]}
 
     # ---- the training step: one hook for the run, the noise on the device, no per-step collective ------------------
 
