@@ -6,65 +6,13 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor
+from testing_utils import TemplateDataset, make_tiny_vit, reading_tiny_vit
+from transformers import TrainerCallback, TrainingArguments, ViTImageProcessor
 
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.noise_bank import NOISE_BANK_FILE, NoiseBank, last_complete_checkpoint
 from hf_nullspace.robustness.model import PixelSpaceClassifier
 from hf_nullspace.trainer import NullspaceTrainer
-
-CONFIG = dict(
-    image_size=32,
-    patch_size=8,
-    num_channels=3,
-    hidden_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=3,
-    intermediate_size=96,
-    num_labels=10,
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
-)
-
-
-def templates(num: int, seed: int):
-    generator = torch.Generator().manual_seed(1234)
-    patterns = torch.randn(10, 3, 32, 32, generator=generator)
-    generator.manual_seed(seed)
-    labels = torch.randint(0, 10, (num,), generator=generator)
-    return patterns[labels] + 0.5 * torch.randn(num, 3, 32, 32, generator=generator), labels
-
-
-_TRAINED = {}
-
-
-def reading_model():
-    """A tiny ViT (dropout 0.1) after 30 steps on the templates: it reads its input, so noises are synthesised."""
-    if not _TRAINED:
-        torch.manual_seed(0)
-        model = ViTForImageClassification(ViTConfig(**CONFIG))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for step in range(30):
-            pixel_values, labels = templates(32, seed=100 + step)
-            model(pixel_values=pixel_values, labels=labels).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        _TRAINED["state"] = model.state_dict()
-    torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(**CONFIG))
-    model.load_state_dict(_TRAINED["state"])
-    return model
-
-
-class Templates(torch.utils.data.Dataset):
-    def __init__(self):
-        self.pixel_values, self.labels = templates(96, seed=7)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.pixel_values[i], "labels": self.labels[i]}
 
 
 def make_trainer(folder, nullspace_args, **overrides):
@@ -85,9 +33,9 @@ def make_trainer(folder, nullspace_args, **overrides):
     )
     arguments.update(overrides)
     return NullspaceTrainer(
-        model=reading_model(),
+        model=reading_tiny_vit(),
         args=TrainingArguments(**arguments),
-        train_dataset=Templates(),
+        train_dataset=TemplateDataset(),
         nullspace_args=nullspace_args,
     )
 
@@ -109,7 +57,7 @@ def weights(trainer):
 
 
 def test_the_wrapper_does_not_normalise_when_the_processor_does_not():
-    model = ViTForImageClassification(ViTConfig(**CONFIG)).eval()
+    model = make_tiny_vit().eval()
     images = torch.rand(2, 3, 32, 32)
     processor = ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3, do_normalize=False)
     plain = PixelSpaceClassifier.from_image_processor(model, processor)

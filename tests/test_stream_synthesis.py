@@ -7,55 +7,15 @@ import random
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification
+from testing_utils import reading_tiny_vit, template_images
+from transformers import TrainerCallback, TrainingArguments
 
 import hf_nullspace.synthesis as synthesis_module
 from hf_nullspace.config import NullspaceArguments
 from hf_nullspace.synthesis import noise_statistic
 from hf_nullspace.trainer import NullspaceTrainer
 
-CONFIG = dict(
-    image_size=32,
-    patch_size=8,
-    num_channels=3,
-    hidden_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=3,
-    intermediate_size=96,
-    num_labels=10,
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
-)
 ROWS, BATCH = 96, 8
-
-
-def templates(num: int, seed: int):
-    generator = torch.Generator().manual_seed(1234)
-    patterns = torch.randn(10, 3, 32, 32, generator=generator)
-    generator.manual_seed(seed)
-    labels = torch.randint(0, 10, (num,), generator=generator)
-    return patterns[labels] + 0.5 * torch.randn(num, 3, 32, 32, generator=generator), labels
-
-
-_TRAINED = {}
-
-
-def reading_model():
-    """A tiny ViT (dropout 0.1) after 30 steps on the templates: it reads its input, so noises are synthesised."""
-    if not _TRAINED:
-        torch.manual_seed(0)
-        model = ViTForImageClassification(ViTConfig(**CONFIG))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for step in range(30):
-            pixel_values, labels = templates(32, seed=100 + step)
-            model(pixel_values=pixel_values, labels=labels).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        _TRAINED["state"] = model.state_dict()
-    torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(**CONFIG))
-    model.load_state_dict(_TRAINED["state"])
-    return model
 
 
 def row_id(pixel_values: torch.Tensor) -> list[int]:
@@ -69,7 +29,7 @@ class Marked(torch.utils.data.Dataset):
 
     def __init__(self, augment: bool = True):
         self.augment = augment
-        self.pixel_values, self.labels = templates(ROWS, seed=7)
+        self.pixel_values, self.labels = template_images(ROWS, seed=7)
         self.pixel_values[:, 0, 0, 0] = torch.arange(ROWS, dtype=torch.float32)
 
     def __len__(self):
@@ -99,7 +59,7 @@ def make_trainer(folder, nullspace_args, augment=True, **overrides):
     )
     arguments.update(overrides)
     return NullspaceTrainer(
-        model=reading_model(),
+        model=reading_tiny_vit(),
         args=TrainingArguments(**arguments),
         train_dataset=Marked(augment),
         nullspace_args=nullspace_args,
@@ -128,7 +88,7 @@ def test_each_update_uses_a_new_batch_and_the_stop_statistic_comes_before_its_up
     nullspace = NullspaceArguments(noise_synthesis_data="stream", noise_max_updates=10)
     trainer = make_trainer(tmp_path, nullspace)
     calls = spy_on_forwards(monkeypatch)
-    current = templates(BATCH, seed=55)[0]
+    current = template_images(BATCH, seed=55)[0]
     current[:, 0, 0, 0] = 1000.0  # the trainer's current batch: never synthesised on in this variant
     record = trainer.refresh_noise(trainer.model, {"pixel_values": current})
     assert record["synthesis_data"] == "stream" and record["updates"] >= 2 and record["reached"]
@@ -158,7 +118,7 @@ def test_the_batch_variant_synthesises_on_the_current_batch_and_measures_on_an_u
     nullspace = NullspaceArguments(noise_max_updates=10)
     trainer = make_trainer(tmp_path, nullspace)
     calls = spy_on_forwards(monkeypatch)
-    current = templates(BATCH, seed=55)[0]
+    current = template_images(BATCH, seed=55)[0]
     current[:, 0, 0, 0] = 1000.0
     record = trainer.refresh_noise(trainer.model, {"pixel_values": current})
     assert record["synthesis_data"] == "batch" and record["updates"] >= 1
@@ -313,12 +273,12 @@ def test_a_stream_needs_a_training_set_it_can_draw_from(tmp_path):
     trainer = make_trainer(tmp_path, NullspaceArguments(noise_synthesis_data="stream"))
     trainer.train_dataset = None
     with pytest.raises(ValueError, match="no train_dataset.*noise_synthesis_data='batch'"):
-        trainer.refresh_noise(trainer.model, {"pixel_values": templates(BATCH, seed=1)[0]})
+        trainer.refresh_noise(trainer.model, {"pixel_values": template_images(BATCH, seed=1)[0]})
     trainer.train_dataset = TorchStream()
     with pytest.raises(ValueError, match="got TorchStream"):
-        trainer.refresh_noise(trainer.model, {"pixel_values": templates(BATCH, seed=1)[0]})
+        trainer.refresh_noise(trainer.model, {"pixel_values": template_images(BATCH, seed=1)[0]})
     # the current-batch variant still runs on such a set, without an unseen-batch statistic
     batch = make_trainer(tmp_path, NullspaceArguments(noise_max_updates=5))
     batch.train_dataset = TorchStream()
-    record = batch.refresh_noise(batch.model, {"pixel_values": templates(BATCH, seed=1)[0]})
+    record = batch.refresh_noise(batch.model, {"pixel_values": template_images(BATCH, seed=1)[0]})
     assert record["unseen_batch_statistic"] is None and record["unseen_batch_inside"] is None
