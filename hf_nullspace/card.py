@@ -324,6 +324,18 @@ def _noise_summary(history: list[dict]) -> list[tuple[str, str]]:
     heldout = [entry["heldout_statistic"] for entry in history if entry.get("heldout_statistic") is not None]
     if heldout:
         rows.append(("ε statistic on held-out rows, median", f"{statistics.median(heldout):.4g}"))
+    unseen = [entry["unseen_batch_inside"] for entry in history if entry.get("unseen_batch_inside") is not None]
+    if unseen:
+        rows.append(("Noises inside ε on a batch they were not fitted to", f"{sum(unseen)} / {len(unseen)}"))
+    no_boundary = sum(bool(entry.get("no_boundary")) for entry in history)
+    if no_boundary:
+        rows.append(
+            (
+                "Syntheses without noise (no ε boundary below `noise_max_norm_ratio`: the model does not read its "
+                "input yet, e.g. a new head); those steps trained on the clean loss",
+                f"{no_boundary} / {len(history)}",
+            )
+        )
     return rows
 
 

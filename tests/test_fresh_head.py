@@ -124,3 +124,20 @@ def test_a_run_with_a_replaced_head_trains_on_the_clean_loss_until_a_boundary_is
     assert found, history
     assert all(record["norm_ratio"] <= 10 and record["inside"] for record in found)
     assert all(record["norm"] == 0.0 for record in history if record["no_boundary"])
+
+
+def test_the_card_says_how_many_syntheses_found_no_boundary():
+    from hf_nullspace.card import build_model_card
+    from hf_nullspace.results import RunResults
+
+    record = dict(norm=1.0, updates=3, statistic=0.01, reached=True, norm_ratio=2.0, unseen_batch_inside=False)
+    history = [
+        dict(record, norm=0.0, updates=0, norm_ratio=0.0, no_boundary=True, limit_statistic=0.005),
+        record,
+        dict(record, unseen_batch_inside=True),
+    ]
+    card = str(build_model_card(RunResults(model_name="fresh-head", noise_history=history)))
+    assert "Syntheses without noise" in card and "| 1 / 3 |" in card
+    assert "Noises inside ε on a batch they were not fitted to | 1 / 3 |" in card
+    plain = str(build_model_card(RunResults(model_name="read", noise_history=[record])))
+    assert "Syntheses without noise" not in plain
