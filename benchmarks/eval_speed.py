@@ -20,8 +20,8 @@ All parts run at the same time, one process and one torch thread each; each repo
 CPU machine is shared, so wall time says more about the other users than about the code). Prints a summary, writes
 benchmarks/results/eval_speed.json and eval_speed.png.
 
-    git worktree add /tmp/h4_before 17a39b1
-    python benchmarks/eval_speed.py --before /tmp/h4_before
+    git worktree add /tmp/hf-nullspace-before 17a39b1
+    python benchmarks/eval_speed.py --before /tmp/hf-nullspace-before
 """
 
 import argparse
