@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from testing_utils import save_model
 
 from hf_nullspace.data import BadRowsError
 from hf_nullspace.finetune import build_trainer, parse_args
@@ -19,24 +19,6 @@ NAMES = ["bird", "cat", "dog"]
 def images(num, seed=0):
     rng = np.random.default_rng(seed)
     return [PILImage.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)) for _ in range(num)]
-
-
-def write_model(folder, names=NAMES):
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=3,
-        intermediate_size=96,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)},
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return str(folder)
 
 
 def args(data, model, out, *extra):
@@ -60,7 +42,7 @@ def write_string_labels(folder, train_labels, test_labels):
 
 def test_string_labels_are_cast_up_front_in_the_models_order(tmp_path):
     data = write_string_labels(tmp_path / "data", ["dog", "cat", "bird", "cat"] * 4, ["cat", "dog", "bird"])
-    model = write_model(tmp_path / "model", names=["dog", "bird", "cat"])  # the data's classes, in another order
+    model = save_model(tmp_path / "model", names=["dog", "bird", "cat"])  # the data's classes, in another order
     trainer, _ = build_trainer(*parse_args(args(data, model, tmp_path / "out")))
     assert trainer.model.config.id2label == {0: "dog", 1: "bird", 2: "cat"}  # the head is kept as it is
     labels = [row["labels"] for row in trainer.train_dataset.__getitems__([0, 1, 2])]
@@ -69,7 +51,7 @@ def test_string_labels_are_cast_up_front_in_the_models_order(tmp_path):
 
 def test_string_labels_of_new_classes_are_sorted_for_a_new_head(tmp_path):
     data = write_string_labels(tmp_path / "data", ["zebra", "ant", "moth", "ant"] * 4, ["moth", "ant"])
-    model = write_model(tmp_path / "model")
+    model = save_model(tmp_path / "model", names=NAMES)
     extra = ("--ignore_mismatched_sizes", "true")
     trainer, _ = build_trainer(*parse_args(args(data, model, tmp_path / "out", *extra)))
     assert trainer.model.config.id2label == {0: "ant", 1: "moth", 2: "zebra"}
@@ -79,7 +61,7 @@ def test_string_labels_of_new_classes_are_sorted_for_a_new_head(tmp_path):
 def test_eval_classes_missing_from_train_are_refused_before_training(tmp_path):
     data = write_string_labels(tmp_path / "data", ["cat", "dog", "bird"] * 4, ["cat", "horse"])
     with pytest.raises(ValueError, match="eval split has classes the train split lacks: 'horse'"):
-        build_trainer(*parse_args(args(data, write_model(tmp_path / "model"), tmp_path / "out")))
+        build_trainer(*parse_args(args(data, save_model(tmp_path / "model", names=NAMES), tmp_path / "out")))
 
 
 def write_imagefolder(root, per_class=6, corrupt=("cat/1.png", "dog/2.png")):
@@ -96,7 +78,7 @@ def write_imagefolder(root, per_class=6, corrupt=("cat/1.png", "dog/2.png")):
 
 def test_corrupt_images_are_named_and_counted_once_over_epochs(tmp_path):
     data = write_imagefolder(tmp_path / "data")
-    model = write_model(tmp_path / "model")
+    model = save_model(tmp_path / "model", names=NAMES)
     extra = ("--num_train_epochs", "3", "--max_skip_fraction", "0.2", "--per_device_train_batch_size", "6")
     trainer, counters = build_trainer(*parse_args(args(data, model, tmp_path / "out", *extra)))
     trainer.train()
@@ -113,7 +95,7 @@ def test_corrupt_images_are_named_and_counted_once_over_epochs(tmp_path):
 
 def test_too_many_corrupt_images_stop_the_run_naming_the_files(tmp_path):
     data = write_imagefolder(tmp_path / "data")
-    model = write_model(tmp_path / "model")
+    model = save_model(tmp_path / "model", names=NAMES)
     trainer, _ = build_trainer(*parse_args(args(data, model, tmp_path / "out", "--max_steps", "6")))
     with pytest.raises(
         BadRowsError, match=r"Dropped 2 of 18 rows.*corrupt_image=2 \(file .*train/(cat/1|dog/2)\.png, file .*\.png\)"

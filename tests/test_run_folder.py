@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from testing_utils import save_model
 
 from hf_nullspace.finetune import main, parse_args
 from hf_nullspace.run_folder import (
@@ -34,28 +34,10 @@ def write_data(folder, num=24):
     return str(folder)
 
 
-def write_model(folder):
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=3,
-        intermediate_size=96,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        id2label=dict(enumerate(NAMES)),
-        label2id={name: i for i, name in enumerate(NAMES)},
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
-    return write_data(root / "data"), write_model(root / "model")
+    return write_data(root / "data"), save_model(root / "model", names=NAMES)
 
 
 def job(sources, out, *extra):

@@ -177,10 +177,12 @@ def write_images(path, num=24, num_classes=10, corrupt_rows=(), class_names=None
     return str(path)
 
 
-def save_model(folder, model=None):
-    """Saves `model` (default: a new `make_tiny_vit`) with `class_i` label names and `tiny_processor`."""
-    model = model if model is not None else make_tiny_vit()
-    model.config.id2label = {i: f"class_{i}" for i in range(model.config.num_labels)}
+def save_model(folder, model=None, names=None):
+    """Saves `model` (default: a new `make_tiny_vit` with a class per name of `names`) with `tiny_processor`, its
+    label names `names` (default: `class_i`)."""
+    model = model if model is not None else make_tiny_vit(num_labels=len(names) if names else 10)
+    names = names or [f"class_{i}" for i in range(model.config.num_labels)]
+    model.config.id2label = dict(enumerate(names))
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     model.save_pretrained(folder)
     tiny_processor().save_pretrained(folder)
