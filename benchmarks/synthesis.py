@@ -79,8 +79,9 @@ def stream(pool, start: int, seed: int, used: list):
         order = torch.randperm(len(pool), generator=generator).tolist()
 
 
-def measure_stream(model, pool, nullspace_args, seeds, starts):
-    """The stream variant: each synthesis on a stream over `pool`; held out: the next batch of that stream."""
+def measure_stream(model, pool, nullspace_args, seeds, starts, unseen_batches):
+    """The stream variant: each synthesis on a stream over `pool`; held out: the next batch of that stream, and the
+    next `unseen_batches` batches pooled (an estimate of the statistic on the data rather than on one batch)."""
     from hf_nullspace import synthesize_noise
     from hf_nullspace.synthesis import noise_statistic
 
@@ -92,10 +93,13 @@ def measure_stream(model, pool, nullspace_args, seeds, starts):
             start = time.perf_counter()
             result = synthesize_noise(model, batches, nullspace_args, generator=torch.Generator().manual_seed(seed))
             seconds = time.perf_counter() - start
-            unseen = next(batches)
-            heldout = noise_statistic(model, unseen, result.noise, nullspace_args)
+            unseen = [next(batches) for _ in range(unseen_batches)]
+            heldout = noise_statistic(model, unseen[0], result.noise, nullspace_args)
+            pooled = noise_statistic(model, unseen, result.noise, nullspace_args)
             record = {**result.summary(), "heldout_statistic": heldout, "seconds": seconds, "batch": i, "seed": seed}
-            record.update(batches_drawn=len(used) - 1, heldout_fresh=used[-1] not in used[:-1])
+            record["heldout_pooled_statistic"] = pooled
+            first_unseen = len(used) - unseen_batches
+            record.update(batches_drawn=first_unseen, heldout_fresh=used[first_unseen] not in used[:first_unseen])
             records.append(record)
     return records
 
@@ -117,6 +121,14 @@ def row(label, dataset, epsilon, records, **extra):
         "statistic_median": statistics.median(r["statistic"] for r in records),
         "heldout_statistic_median": statistics.median(r["heldout_statistic"] for r in records),
         "heldout_inside": sum(r["heldout_statistic"] < epsilon for r in records) / len(records),
+        **(
+            {
+                "heldout_pooled_statistic_median": statistics.median(r["heldout_pooled_statistic"] for r in records),
+                "heldout_pooled_inside": sum(r["heldout_pooled_statistic"] < epsilon for r in records) / len(records),
+            }
+            if "heldout_pooled_statistic" in records[0]
+            else {}
+        ),
         "norm_median": statistics.median(r["norm"] for r in records),
         "norm_ratio_median": statistics.median(r["norm_ratio"] for r in records),
         "runs": records,
@@ -134,6 +146,11 @@ def main():
     parser.add_argument("--init-limits", type=float, nargs="*", default=[3.0, 6.0])
     parser.add_argument("--synthesis-data", nargs="+", default=["batch"], choices=["batch", "stream"])
     parser.add_argument("--stream-batches", type=int, default=32, help="batches in the stream variant's pool")
+    parser.add_argument(
+        "--stop-batches", type=int, nargs="+", default=[1], help="noise_stop_batches values (stream variant)"
+    )
+    parser.add_argument("--unseen-batches", type=int, default=8, help="stream variant: pooled held-out batches")
+    parser.add_argument("--skip-batch", action="store_true", help="measure the stream variant only")
     parser.add_argument("--max-updates", type=int, default=3000)
     parser.add_argument("--workdir", default="/tmp/hf_nullspace_reproduction")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "synthesis.json"))
@@ -160,34 +177,47 @@ def main():
                 (f"fixed U(-{lim:g}, {lim:g})", dict(noise_init_limit=lim), {"init_limit": lim})
                 for lim in args.init_limits
             ]
-            for label, kwargs, extra in settings:
-                nullspace_args = NullspaceArguments(
-                    noise_epsilon=epsilon, noise_max_updates=args.max_updates, **kwargs
+            added = 0
+            if not args.skip_batch:
+                for label, kwargs, extra in settings:
+                    nullspace_args = NullspaceArguments(
+                        noise_epsilon=epsilon, noise_max_updates=args.max_updates, **kwargs
+                    )
+                    rows.append(
+                        row(label, dataset, epsilon, measure(model, data, nullspace_args, args.seeds), **extra)
+                    )
+                default = NullspaceArguments(noise_epsilon=epsilon, noise_max_updates=args.max_updates)
+                rows.append(
+                    row(
+                        "auto, warm start",
+                        dataset,
+                        epsilon,
+                        measure(model, data, default, args.seeds, warm_start=True),
+                        init_factor=2.0,
+                    )
                 )
-                rows.append(row(label, dataset, epsilon, measure(model, data, nullspace_args, args.seeds), **extra))
-            default = NullspaceArguments(noise_epsilon=epsilon, noise_max_updates=args.max_updates)
-            rows.append(
-                row(
-                    "auto, warm start",
-                    dataset,
-                    epsilon,
-                    measure(model, data, default, args.seeds, warm_start=True),
-                    init_factor=2.0,
-                )
-            )
-            random = NullspaceArguments(nullspace_mode="random", noise_epsilon=epsilon)
-            rows.append(row("random baseline", dataset, epsilon, measure(model, data, random, args.seeds)))
-            added = len(settings) + 2
+                random = NullspaceArguments(nullspace_mode="random", noise_epsilon=epsilon)
+                rows.append(row("random baseline", dataset, epsilon, measure(model, data, random, args.seeds)))
+                added = len(settings) + 2
             if "stream" in args.synthesis_data:
-                for label, kwargs, extra in settings + [("random baseline", dict(nullspace_mode="random"), {})]:
+                stream_settings = [
+                    (
+                        f"{label}, stream, stop over {k}",
+                        {**kwargs, "noise_stop_batches": k},
+                        {**extra, "stop_batches": k},
+                    )
+                    for label, kwargs, extra in settings + [("random baseline", dict(nullspace_mode="random"), {})]
+                    for k in args.stop_batches
+                ]
+                for label, kwargs, extra in stream_settings:
                     stream_args = NullspaceArguments(
                         noise_epsilon=epsilon,
                         noise_max_updates=args.max_updates,
                         noise_synthesis_data="stream",
                         **kwargs,
                     )
-                    records = measure_stream(model, pool, stream_args, args.seeds, args.batches)
-                    rows.append(row(f"{label}, stream", dataset, epsilon, records, synthesis_data="stream", **extra))
+                    records = measure_stream(model, pool, stream_args, args.seeds, args.batches, args.unseen_batches)
+                    rows.append(row(label, dataset, epsilon, records, synthesis_data="stream", **extra))
                     rows[-1]["heldout_fresh"] = sum(r["heldout_fresh"] for r in records) / len(records)
                     rows[-1]["batches_drawn_median"] = statistics.median(r["batches_drawn"] for r in records)
                     added += 1
@@ -197,7 +227,12 @@ def main():
                     f"fallback {r['fallback']:4.0%} updates {r['updates_median']:5.0f} (max {r['updates_max']:4d}) "
                     f"{r['seconds_median']:.3f} s  norm {r['norm_median']:7.1f} ratio {r['norm_ratio_median']:.2f} "
                     f"stat {r['statistic_median']:.4f} held-out {r['heldout_statistic_median']:.4f} "
-                    f"({r['heldout_inside']:.0%} inside)",
+                    f"({r['heldout_inside']:.0%} inside)"
+                    + (
+                        f" pooled {r['heldout_pooled_statistic_median']:.4f} ({r['heldout_pooled_inside']:.0%} inside)"
+                        if "heldout_pooled_inside" in r
+                        else ""
+                    ),
                     flush=True,
                 )
     result = {

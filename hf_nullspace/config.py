@@ -77,7 +77,14 @@ class NullspaceArguments:
             built like the trainer's own (same collator, batch size and per-process share, its own random order and
             RNG): the stop statistic is measured on each new batch before the update on it, so the returned noise is
             inside epsilon on a batch it was never updated on. Either way every refresh records the statistic of the
-            returned noise on the next batch of that stream (`unseen_batch_statistic`).
+            returned noise on the next batches of that stream (`unseen_batch_statistic`).
+        noise_stop_batches (`int`, *optional*, defaults to `1`):
+            The stop rule's statistic is the mean of the statistics measured before the last this many updates (each
+            on the batch of its update), instead of the last one alone (the authors' rule, `1`). With stream
+            synthesis each of those batches is a new one, so the synthesis stops on an estimate over this many
+            batches rather than on the first batch that happens to dip below epsilon; as the noise moves into the
+            nullspace between them, the mean errs on the side of a smaller noise. The random baseline, which only
+            shrinks, measures its current noise on this many next batches before each shrink step.
         noise_warm_start (`bool`, *optional*, defaults to `False`):
             Start each synthesis from the previous learned noise (rescaled as a fresh start would be) instead of a
             fresh draw.
@@ -156,6 +163,10 @@ class NullspaceArguments:
             f"{', '.join(NOISE_SYNTHESIS_DATA)}."
         },
     )
+    noise_stop_batches: int = field(
+        default=1,
+        metadata={"help": "Stop when the mean statistic of the last this many updates' batches is below epsilon."},
+    )
     noise_warm_start: bool = field(
         default=False, metadata={"help": "Start each synthesis from the previous learned noise, rescaled."}
     )
@@ -213,6 +224,11 @@ class NullspaceArguments:
         if self.noise_synthesis_batch_size is not None and self.noise_synthesis_batch_size < 1:
             raise ValueError(
                 f"noise_synthesis_batch_size must be >= 1 (rows of the batch), got {self.noise_synthesis_batch_size}."
+            )
+        if self.noise_stop_batches < 1:
+            raise ValueError(
+                f"noise_stop_batches must be >= 1 (batches the stop statistic is averaged over), "
+                f"got {self.noise_stop_batches}."
             )
         if self.noise_max_redraws < 0:
             raise ValueError(f"noise_max_redraws must be >= 0, got {self.noise_max_redraws}.")

@@ -7,6 +7,7 @@ checked before every update, falls below epsilon: the noise is returned near the
 "maximise ||v|| subject to v in the approximate nullspace" implicitly.
 """
 
+import collections
 import contextlib
 import logging
 import math
@@ -40,7 +41,9 @@ class NoiseSynthesisResult:
     Attributes:
         noise (`torch.Tensor`): the noise to train on, shape (1, N, D), float32, detached.
         updates (`int`): learned noise updates taken (for the random baseline: shrink steps).
-        statistic (`float`): the epsilon statistic of the returned noise on its synthesis data.
+        statistic (`float`): the epsilon statistic of the returned noise on its synthesis data (the stop rule's: with
+            `noise_stop_batches` k > 1 the mean of the last k statistics, measured before each of the last k
+            updates).
         reached (`bool`): whether the synthesis itself got below epsilon (the learned updates, or the random
             baseline's shrinking) before its cap; a noise shrunk by the fallback is inside epsilon but not `reached`.
         redraws (`int`): how often a non-finite noise or statistic forced a fresh draw.
@@ -211,8 +214,9 @@ def synthesize_noise(
 
     The learned noise (`"nullspace"`) follows the authors' runs: a uniform start of shape (1, N, D); AdamW (lr,
     weight decay) with a cosine schedule over `noise_max_updates`; the model in eval mode; before every update the
-    epsilon statistic is measured on the current batch and the synthesis stops as soon as it is below epsilon;
-    otherwise one update on the squared logit distance (or the paper's explicit objective).
+    epsilon statistic is measured on the current batch and the synthesis stops as soon as it is below epsilon
+    (with `noise_stop_batches` k > 1: as soon as the mean of the last k such statistics is); otherwise one update on
+    the squared logit distance (or the paper's explicit objective).
 
     The start's scale is found per model unless `noise_init_limit` fixes it (the authors' U(-limit, limit)): a
     uniform random direction is scaled, from the RMS of the patch embeddings, by doubling or halving and then a few
@@ -500,13 +504,15 @@ def _learned_noise(context: _Context, init: torch.Tensor | None) -> NoiseSynthes
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     updates, statistic = 0, float("nan")
+    recent = collections.deque(maxlen=args.noise_stop_batches)
     last = (position, pixel_values)
     while True:
         if pixel_values is None:
             break
         last = (position, pixel_values)
         clean, noisy = context.measure(position, pixel_values, noise, with_grad=True)
-        statistic = float(sync.mean(epsilon_statistic(clean, noisy.detach())))
+        recent.append(float(sync.mean(epsilon_statistic(clean, noisy.detach()))))
+        statistic = sum(recent) / len(recent)
         if not math.isfinite(statistic):
             return None
         if statistic < args.noise_epsilon or updates >= total:
@@ -569,10 +575,12 @@ def _random_baseline(context: _Context) -> NoiseSynthesisResult | None:
     start_scale = _rms(noise)
     updates, statistic = 0, float("nan")
     while True:
-        position, pixel_values = context.next_batch()
-        if pixel_values is None:
+        # the current noise on the next noise_stop_batches batches (it does not move between them, only shrinks)
+        drawn = [context.next_batch() for _ in range(args.noise_stop_batches)]
+        drawn = [(position, pixel_values) for position, pixel_values in drawn if pixel_values is not None]
+        if not drawn:
             break
-        statistic = context.statistic(position, pixel_values, noise)
+        statistic = sum(context.statistic(*batch, noise) for batch in drawn) / len(drawn)
         if not math.isfinite(statistic):
             return None
         if statistic < args.noise_epsilon or updates >= args.noise_max_updates:

@@ -12,7 +12,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 import hf_nullspace.synthesis as synthesis_module
 from hf_nullspace.config import NullspaceArguments
-from hf_nullspace.synthesis import noise_statistic
+from hf_nullspace.synthesis import noise_statistic, synthesize_noise
 from hf_nullspace.trainer import NullspaceTrainer
 
 ROWS, BATCH = 96, 8
@@ -282,3 +282,52 @@ def test_a_stream_needs_a_training_set_it_can_draw_from(tmp_path):
     batch.train_dataset = TorchStream()
     record = batch.refresh_noise(batch.model, {"pixel_values": template_images(BATCH, seed=1)[0]})
     assert record["unseen_batch_statistic"] is None and record["unseen_batch_inside"] is None
+
+
+def test_the_stop_rule_over_several_batches_is_validated():
+    with pytest.raises(ValueError, match="noise_stop_batches must be >= 1"):
+        NullspaceArguments(noise_stop_batches=0)
+
+
+def test_the_stop_rule_averages_the_statistics_of_the_last_batches(monkeypatch):
+    # a stream of distinct batches; the same start and order for every rule, so the trajectories agree until a rule
+    # stops: the mean of the last k statistics can only fall below epsilon after one of them did
+    model = reading_tiny_vit()
+    pool = [template_images(BATCH, seed=100 + i)[0] for i in range(100)]
+    measured = []  # with the authors' fixed start nothing is calibrated: every statistic is a stop check
+    original = synthesis_module.epsilon_statistic
+
+    def spy(clean, noisy):
+        value = original(clean, noisy)
+        measured.append(float(value))
+        return value
+
+    monkeypatch.setattr(synthesis_module, "epsilon_statistic", spy)
+    results = {}
+    for k in (1, 4):
+        measured.clear()
+        args = NullspaceArguments(
+            noise_synthesis_data="stream", noise_init_limit=3.0, noise_max_updates=99, noise_stop_batches=k
+        )
+        result = synthesize_noise(model, iter(pool), args, generator=torch.Generator().manual_seed(0))
+        results[k] = (result, list(measured))
+    (single, single_values), (averaged, averaged_values) = results[1], results[4]
+    assert single.reached and averaged.reached
+    assert averaged.updates >= single.updates
+    assert averaged_values[: len(single_values)] == pytest.approx(single_values, rel=1e-4)
+    # the returned statistic is the mean of the last four checks, below epsilon; no earlier window of four was
+    assert averaged.statistic == pytest.approx(sum(averaged_values[-4:]) / 4, rel=1e-5)
+    assert averaged.statistic < args.noise_epsilon
+    windows = [averaged_values[max(0, i - 3) : i + 1] for i in range(len(averaged_values) - 1)]
+    assert all(sum(w) / len(w) >= args.noise_epsilon for w in windows)
+
+
+def test_the_random_baseline_measures_its_current_noise_on_the_next_batches(monkeypatch):
+    model = reading_tiny_vit()
+    pool = [template_images(BATCH, seed=200 + i)[0] for i in range(60)]
+    args = NullspaceArguments(nullspace_mode="random", noise_synthesis_data="stream", noise_stop_batches=3)
+    result = synthesize_noise(model, iter(pool), args, generator=torch.Generator().manual_seed(0))
+    # one check per shrink step, each on three new batches: the last three batches drawn were the stop check's
+    checked = pool[3 * result.updates : 3 * result.updates + 3]
+    assert result.statistic == pytest.approx(noise_statistic(model, checked, result.noise, args), rel=1e-4)
+    assert result.statistic < args.noise_epsilon and result.reached
