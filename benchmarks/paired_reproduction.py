@@ -5,12 +5,13 @@ On both bundled datasets (MNIST digits; colour photo and texture patches), from 
 
 1. **Budgets**: the base model is attacked with FGSM and PGD-10 (L-inf) on a grid of budgets; for each attack the
    budget whose base accuracy is closest to 50% (and inside 30-70%) is kept, so the base is neither intact nor broken.
-2. **Learning rate**: plain finetuning (`none`) at each of `--learning-rates`, every seed. Kept: the largest rate at
-   which `none` keeps the base's robust mean and clean accuracy (seed mean within `--keep` points of the base); if
-   none does, the rate with the best robust mean of `none`. The other modes are not run before this choice.
+2. **Learning rate**: plain finetuning (`none`) at each of `--learning-rates`, seeds `--lr-seeds`. Kept: the largest
+   rate at which `none` keeps the base's robust mean and clean accuracy (seed mean within `--keep` points of the
+   base); if none does, the rate with the best robust mean of `none`. The other modes are not run before this choice.
 3. **Modes** at that rate, every seed (same data order per seed): `none`, `random`, `norm_matched` and `nullspace`,
-   the last two with both synthesis variants (`noise_synthesis_data` `batch` and `stream`; the stream variant with
-   `noise_stop_batches` from `--stop-batches`).
+   the last with both synthesis variants (`noise_synthesis_data` `batch` and `stream`; the stream variant with
+   `noise_stop_batches` from `--stop-batches`). The controls use the batch variant: on the bundled models the stream
+   variant's noise has the same norm to a few percent (`benchmarks/synthesis.py`), so `norm_matched` stands for both.
 
 Each run is the real main job (`python -m hf_nullspace.finetune`, the embedded default's settings, `--steps` optimiser
 steps, no robustness stage of its own), then scored here: clean, the chosen attacks, and the 10 digit corruptions x 5
@@ -20,7 +21,7 @@ with a 95% t-interval over seeds; significant where the interval excludes 0. Als
 refreshes with a statistic on unseen batches, and the share of those inside epsilon. Writes
 `benchmarks/results/paired_reproduction.{json,md,png}`.
 
-    python benchmarks/paired_reproduction.py                       # about 80 runs; 1-2 hours on 2 CPU cores
+    python benchmarks/paired_reproduction.py                       # 62 runs; about 1.5 hours on 2 CPU cores
     python benchmarks/paired_reproduction.py --datasets mnist --seeds 0 1 --learning-rates 1e-4   # a quick look
 """
 
@@ -47,7 +48,6 @@ CONFIGS = (
     ("random", "batch"),
     ("norm_matched", "batch"),
     ("nullspace", "batch"),
-    ("norm_matched", "stream"),
     ("nullspace", "stream"),
 )
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -379,6 +379,7 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4])
+    parser.add_argument("--lr-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the learning-rate stage")
     parser.add_argument("--keep", type=float, default=0.5, help="points of the base's accuracy `none` may lose")
     parser.add_argument("--stop-batches", type=int, default=8, help="noise_stop_batches of the stream variant")
     parser.add_argument("--steps", type=int, default=240, help="optimiser steps per run")
@@ -414,7 +415,7 @@ def main():
     runs = many(
         [
             {"dataset": d, "mode": "none", "synthesis": "-", "lr": lr, "seed": s}
-            for s in args.seeds
+            for s in args.lr_seeds
             for lr in args.learning_rates
             for d in args.datasets
         ]
@@ -431,7 +432,7 @@ def main():
             for s in args.seeds
             for d in args.datasets
             for mode, variant in CONFIGS
-            if mode != "none"
+            if mode != "none" or s not in args.lr_seeds
         ]
     )
     summary = summarise(runs, args.datasets, stage)

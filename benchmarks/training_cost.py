@@ -70,10 +70,13 @@ VARIANTS = {
     "random": ("nullspace_trainer", {"nullspace_mode": "random"}),
     "nullspace": ("nullspace_trainer", {}),
     "authors_loop": ("bare", {}),
+    # the authors' synthesis data: a stream of training batches, one per update (its stop rule over 8 batches)
+    "authors_loop_stream": ("bare", {"noise_synthesis_data": "stream", "noise_stop_batches": 8}),
     # options, measured on demand (--variants)
     "nullspace_separate": ("nullspace_trainer", {"noise_shared_forward": False}),
     "nullspace_sub_batch": ("nullspace_trainer", {"noise_synthesis_batch_size": "quarter"}),
     "nullspace_warm_start": ("nullspace_trainer", {"noise_warm_start": True}),
+    "nullspace_stream": ("nullspace_trainer", {"noise_synthesis_data": "stream", "noise_stop_batches": 8}),
     "nullspace_authors_start": ("nullspace_trainer", {"noise_init_limit": 3.0}),
     "nullspace_sub_batch_warm_start": (
         "nullspace_trainer",
@@ -322,8 +325,9 @@ def prepare_trainer(kind, model, data, overrides, batch_size, steps, workdir, cl
 
 def run_bare(model, data, overrides, batch_size, steps, clock, defaults):
     """A bare PyTorch loop with the Trainer's defaults (AdamW as the Trainer builds it, linear decay, clipping at 1.0,
-    shuffled loader); with noise it does the method's work as the authors' loop does: a synthesis on the current
-    batch every refresh, clean and noisy copies in one doubled forward (a hook registered once)."""
+    shuffled loader); with noise it does the method's work as the authors' loop does: a synthesis every refresh (on
+    the current batch, or with `noise_synthesis_data="stream"` on a second shuffled loader, one batch per update, as
+    the authors ran it), clean and noisy copies in one doubled forward (a hook registered once)."""
     import torch
     import torch.nn.functional as F
     from transformers import set_seed
@@ -345,6 +349,16 @@ def run_bare(model, data, overrides, batch_size, steps, clock, defaults):
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=False)
     noisy = args.nullspace_mode != "none"
     noise_pair, history, training_forward = None, [], False
+    stream = None
+    if noisy and args.noise_synthesis_data == "stream":
+        synthesis_loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True)
+
+        def endless():
+            while True:
+                for batch in synthesis_loader:
+                    yield batch["pixel_values"].to(device)
+
+        stream = endless()
     if noisy:
         _, projection = find_patch_embedding(model)
 
@@ -368,7 +382,7 @@ def run_bare(model, data, overrides, batch_size, steps, clock, defaults):
                     t = time.perf_counter()
                     rows = args.noise_synthesis_batch_size or batch_size
                     with autocast:
-                        result = synthesize_noise(model, pixel_values[:rows], args)
+                        result = synthesize_noise(model, stream if stream is not None else pixel_values[:rows], args)
                     noise = result.noise.transpose(1, 2)  # (1, D, N), viewed as (1, D, h, w) in the hook
                     noise_pair = torch.stack([torch.zeros_like(noise), noise])
                     history.append({"updates": result.updates, "seconds": time.perf_counter() - t})
@@ -565,7 +579,8 @@ CALIBRATION_FORWARDS = 6
 def synthesis_profile(
     base_model, data, batch_size, summary, refresh, forced=(1, 6), repeats=3, updates=(10, 33, 95)
 ) -> dict:
-    """The cost of one synthesis update, on the whole batch and on a quarter of it (`noise_synthesis_batch_size`),
+    """The cost of one synthesis update, on the whole batch, on a quarter of it (`noise_synthesis_batch_size`) and on
+    a stream of batches (`noise_synthesis_data="stream"`: a clean forward per update, no cached clean logits),
     from syntheses forced to take exactly `forced` updates (epsilon out of reach, the authors' fixed start, no
     fallback), each timed next to a bare clean training step (forward, backward, AdamW) of the same batch, so that
     load from other jobs cancels: costs are in those clean steps. With the noisy step's ratio to the plain Trainer's
@@ -608,7 +623,11 @@ def synthesis_profile(
     step_ratio = nullspace.get("ratio_to_plain_trainer_without_synthesis")  # noisy step / plain Trainer step
     plain_step = plain.get("seconds_per_step_without_synthesis")
     result = {}
-    for variant, rows in (("nullspace", batch_size), ("nullspace_sub_batch", max(1, batch_size // 4))):
+    for variant, rows in (
+        ("nullspace", batch_size),
+        ("nullspace_sub_batch", max(1, batch_size // 4)),
+        ("nullspace_stream", batch_size),
+    ):
         estimates = []
         for _ in range(repeats):  # the median of `repeats` estimates: a synthesis is long, and catches load alone
             in_steps = {}
@@ -617,9 +636,11 @@ def synthesis_profile(
                     noise_epsilon=1e-12, noise_max_updates=count, noise_init_limit=3.0, noise_fallback=False
                 )
 
-                def synthesis(rows=rows, args=args, count=count):
+                def synthesis(rows=rows, args=args, count=count, stream=variant == "nullspace_stream"):
+                    # a stream: an iterator of batches (the same tensor here), whose clean logits are not cached
+                    batches = iter([pixel_values[:rows]] * (count + 1)) if stream else pixel_values[:rows]
                     with autocast:
-                        assert synthesize_noise(model, pixel_values[:rows], args).updates == count
+                        assert synthesize_noise(model, batches, args).updates == count
 
                 before = timed(clean_step)
                 seconds = timed(synthesis)
