@@ -141,7 +141,7 @@ def test_an_adapter_of_a_local_base_records_it_by_absolute_path_and_the_card_say
     results = {"model_name": "adapter", "base_model": "./base", "lora": lora_summary(adapter)}
     card = str(build_model_card(results, repo_id="user/adapter"))
     assert "base_model:" not in card.split("---")[1]  # a local folder is no Hub id
-    assert "`./base` (a local folder" in card
+    assert "`./base` (a local folder, not a Hub model)" in card
     code = usage_code(card)
     assert '    "./base",  # not a Hub model: replace it with your copy of the base model\n' in code
     assert 'labels = ["cat", "dog", "bird"]' in code and "ignore_mismatched_sizes=True" in code
