@@ -353,6 +353,49 @@ def _widget(examples: list[str], repo_id: str | None, revision: str | None = Non
     return widget or None
 
 
+def _labels_literal(labels: list[str], indent: int = 4, width: int = 116) -> str:
+    """`labels` as a Python list literal, one line when it fits in `width`, else wrapped inside the brackets."""
+    items = [json.dumps(label, ensure_ascii=False) for label in labels]  # a JSON string is a Python string literal
+    line = f"labels = [{', '.join(items)}]"
+    if len(line) <= width:
+        return line
+    lines, current = [], ""
+    for item in items:
+        if current and indent + len(current) + len(item) + 1 > width:
+            lines.append(current.rstrip())
+            current = ""
+        current += f"{item}, "
+    lines.append(current.rstrip())
+    return "labels = [\n" + "\n".join(" " * indent + text for text in lines) + "\n]"
+
+
+def _usage(results: RunResults, repo_id: str | None) -> dict:
+    """
+    What the "How to use" code needs to run as printed: the model to load (the repo, or `"."` for a card of a local
+    run folder, whose code runs inside it), an image that exists where the code runs (an example image of the repo or
+    folder, else a blank one), whether the base model is only a local folder (the code then says to replace it), and
+    for an adapter the class names of its trained head, with which the base model is loaded (a new head has other
+    classes, often another number of them, than the base model's).
+    """
+    model_path = repo_id or "."
+    example = next((name for name in results.examples if not re.match(r"https?://", name)), None)
+    if example is None:
+        image = 'Image.new("RGB", (224, 224))  # a blank image: use your own, e.g. Image.open("photo.jpg")'
+    elif repo_id is not None:
+        image = f'Image.open(hf_hub_download("{repo_id}", "{example}"))  # an example image of this repo'
+    else:
+        image = f'Image.open("{example}")  # an example image of this folder'
+    labels = (results.lora or {}).get("labels")
+    return {
+        "model_path": model_path,
+        "local_card": repo_id is None,
+        "image": image,
+        "image_download": example is not None and repo_id is not None,
+        "base_local": bool(results.base_model) and not is_hub_id(results.base_model),
+        "labels_literal": _labels_literal(labels) if labels else None,
+    }
+
+
 def _scored_rows_note(results: RunResults) -> str:
     """Which rows `Trainer.evaluate()` scored, from `results.eval_rows` (a held-out part of the training split, or a
     split of its own)."""
@@ -447,7 +490,6 @@ def build_model_card(
         card_data,
         template_path=str(template_path or DEFAULT_TEMPLATE_PATH),
         model_name=model_name,
-        model_id=repo_id or model_name,
         base_model_id=base_model or "unknown",
         base_model_url=f"{constants.ENDPOINT}/{base_model}" if is_hub_id(base_model) else None,
         dataset=dataset,
@@ -467,6 +509,7 @@ def build_model_card(
         robustness_rows=_robustness_rows(models),
         no_base_comparison=results.no_base_comparison,
         figures=figures,
+        **_usage(results, repo_id),
     )
 
 

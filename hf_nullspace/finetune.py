@@ -300,7 +300,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
     if lora_args is not None and lora_args.use_lora:
-        model = apply_lora(model, lora_args, base_model_name=_shown(model_args.model_name_or_path))
+        model = apply_lora(model, lora_args, base_model_name=model_args.model_name_or_path)
     processor = AutoImageProcessor.from_pretrained(
         model_args.image_processor_name or model_args.model_name_or_path,
         revision=model_args.model_revision,

@@ -8,6 +8,7 @@ patch embedding included, so the noise hook and the synthesis find it unchanged 
 checkpoint that `from_pretrained` loads without peft.
 """
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -160,8 +161,9 @@ def apply_lora(model: nn.Module, args: LoraArguments, base_model_name: str | Non
     Args:
         model (`nn.Module`): a Hugging Face image classifier.
         args ([`LoraArguments`]): the LoRA settings.
-        base_model_name (`str`, *optional*): the base model's name recorded in `adapter_config.json` (e.g. its Hub
-            id); the model's own `name_or_path` by default.
+        base_model_name (`str`, *optional*): the base model recorded in `adapter_config.json`: its Hub id, or a
+            local folder as an absolute path (a relative one would only load from the folder it was written in);
+            the model's own `name_or_path` by default.
 
     Returns:
         `peft.PeftModel`: the wrapped model; only adapters and the head require grad.
@@ -177,10 +179,16 @@ def apply_lora(model: nn.Module, args: LoraArguments, base_model_name: str | Non
         bias="none",
     )
     wrapped = peft.get_peft_model(model, config)
-    if base_model_name is not None:
+    base_model_name = base_model_name or getattr(model, "name_or_path", None)
+    if base_model_name:
         for adapter_config in wrapped.peft_config.values():
-            adapter_config.base_model_name_or_path = base_model_name
+            adapter_config.base_model_name_or_path = recorded_base_model(base_model_name)
     return wrapped
+
+
+def recorded_base_model(name_or_path: str) -> str:
+    """A base model as `adapter_config.json` records it: a Hub id as it is, a local folder as an absolute path."""
+    return os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -202,10 +210,12 @@ def merge_into_trainer(trainer) -> nn.Module:
 
 def lora_summary(model: nn.Module, merged: bool = False) -> dict:
     """
-    The LoRA settings and parameter counts of a `PeftModel` for the run's results and card (`merged`: whether the
+    The LoRA settings, parameter counts and class names (`labels`, in the order of the trained head: the card's
+    snippet loads the base model with them) of a `PeftModel` for the run's results and card (`merged`: whether the
     saved checkpoint is the merged plain model rather than the adapter).
     """
     config = next(iter(model.peft_config.values()))
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
     return {
         "r": config.r,
         "alpha": config.lora_alpha,
@@ -213,6 +223,7 @@ def lora_summary(model: nn.Module, merged: bool = False) -> dict:
         "target_modules": sorted(config.target_modules) if config.target_modules else None,
         "modules_to_save": sorted(config.modules_to_save or []),
         "base_model": config.base_model_name_or_path,
+        "labels": [str(id2label[i]) for i in sorted(id2label)],
         **parameter_counts(model),
         "merged": merged,
     }

@@ -25,7 +25,7 @@ it. `RunResults.load` is for a finished run folder only (`hf-nullspace card|push
     "figures": ["noise_norm.png", "robustness.png", ...],  # paths relative to the run folder
     "examples": ["examples/cat.png", ...],  # optional: example images for the Hub widget (see `examples.py`)
     "tags": [str, ...],  # optional: tags added to the card's own
-    "lora": {...},  # optional: the adapter's settings and parameter counts (lora.py)
+    "lora": {...},  # optional: the adapter's settings, parameter counts and class names (lora.py)
     "robustness": {"suite": str, "models": [{"name": "base" | "finetuned", "path": str, "results": [row, ...]}]},
     "no_base_comparison": str,  # optional: why the base model was not scored (e.g. its labels are other classes)
     "skipped_rows": {...},  # optional: rows of each split read, skipped and converted

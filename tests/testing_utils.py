@@ -367,8 +367,9 @@ def accelerate_launch(num_processes: int) -> list[str]:
 HUB_TOKEN = "hf_testtokenAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"  # the one token the test Hub accepts for writes
 
 
-def run_fresh(code: str, endpoint: str, hf_home, offline: bool = False) -> subprocess.CompletedProcess:
-    """Runs `code` in a fresh Python with the test Hub as `HF_ENDPOINT` (set before huggingface_hub is imported)."""
+def run_fresh(code: str, endpoint: str, hf_home, offline: bool = False, cwd=None) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh Python (in `cwd`, by default this one's) with the test Hub as `HF_ENDPOINT` (set before
+    huggingface_hub is imported)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING_FACE"))}
     env.update(
         HF_ENDPOINT=endpoint,
@@ -381,7 +382,7 @@ def run_fresh(code: str, endpoint: str, hf_home, offline: bool = False) -> subpr
     )
     # a generous limit: a hung server must not hang the suite, but a loaded machine must not fail a push either
     process = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=900, cwd=cwd
     )
     assert process.returncode == 0, f"subprocess failed:\n{process.stdout}\n{process.stderr}"
     return process
