@@ -25,7 +25,8 @@ import torch
 from hub_server import serve
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import Siglip2ImageProcessorPil, TrainingArguments, ViTImageProcessor
+from testing_utils import SIGLIP2_VISION, tiny_siglip2_processor
+from transformers import TrainingArguments, ViTImageProcessor
 
 from hf_nullspace import (
     PATCH_EMBEDDING_MODULES,
@@ -87,17 +88,12 @@ _TIMM_VIT = dict(
     attn_drop_rate=0.1,
     drop_path_rate=0.1,
 )
-# SigLIP2 has no image size: 16 position embeddings (a 4x4 grid of 8x8 patches), and at most 16 patches per image in
-# its processor, which cuts a 32x32 image into exactly those
-_SIGLIP2_VISION = dict(
-    {key: value for key, value in _VISION.items() if key != "image_size"}, num_patches=16, attention_dropout=0.1
-)
 # model_type -> (class name, config arguments, (N, D) of the patch-token noise on 32x32 images)
 FAMILIES = {
     "clip": ("CLIPForImageClassification", dict(vision_config=_VISION), (16, 32)),
     "metaclip_2": ("MetaClip2ForImageClassification", dict(vision_config=_VISION), (16, 32)),
     "siglip": ("SiglipForImageClassification", dict(vision_config=_VISION), (16, 32)),
-    "siglip2": ("Siglip2ForImageClassification", dict(vision_config=_SIGLIP2_VISION), (16, 32)),
+    "siglip2": ("Siglip2ForImageClassification", dict(vision_config=SIGLIP2_VISION), (16, 32)),
     "ijepa": (
         "IJepaForImageClassification",
         dict(_VISION, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
@@ -138,7 +134,7 @@ FAMILY_PARAMS = [
 def make_processor(model_type: str):
     """The family's image processor for 32x32 images (mean and std 0.5): SigLIP2's cuts them into 16 patches."""
     if model_type == "siglip2":
-        return Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
+        return tiny_siglip2_processor()
     return ViTImageProcessor(size={"height": 32, "width": 32})
 
 
