@@ -23,6 +23,7 @@ from .embedding import NoiseHook, find_patch_embedding
 from .loss import LossReduction
 from .model_inputs import model_inputs, repeat_rows, take_rows
 from .noise_bank import NoiseBank, last_complete_checkpoint
+from .patch_inputs import takes_patches
 from .publishing import RunPublishingMixin
 from .stream_training import StreamedTrainingMixin
 from .synthesis import noise_statistic, synthesize_noise
@@ -79,6 +80,8 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         self.adversarial = (
             AdversarialTraining(mode, adversarial_args, self.processing_class) if mode in ADVERSARIAL_MODES else None
         )
+        if self.adversarial is not None and takes_patches(self.model):
+            raise ValueError(f"nullspace_mode={mode!r} attacks batches of images; this model takes patches (SigLIP2).")
         if self.uses_noise:
             find_patch_embedding(self.model, self.nullspace_args.nullspace_patch_embedding_module)
             if self.args.n_gpu > 1:

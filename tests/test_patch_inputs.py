@@ -9,6 +9,7 @@ from PIL import Image
 from testing_utils import (
     make_tiny_siglip2,
     make_tiny_vit,
+    make_trainer,
     save_model,
     template_images,
     tiny_siglip2_processor,
@@ -159,3 +160,15 @@ def test_main_job_trains_and_evaluates_siglip2(tmp_path):
     rows = {row["benchmark"]: row for row in report.to_dict()["models"][0]["results"]}
     for name in ("clean", "fgsm@8/255", "corruption/gaussian_noise"):  # severities are averaged per corruption
         assert rows[name]["num_samples"] == 8 and 0 <= rows[name]["value"] <= 1, rows[name]
+
+
+def test_adversarial_modes_refuse_a_model_that_takes_patches(tmp_path):
+    from hf_nullspace import NullspaceArguments
+
+    with pytest.raises(ValueError, match="nullspace_mode='madry' attacks batches of images"):
+        make_trainer(
+            tmp_path,
+            NullspaceArguments(nullspace_mode="madry"),
+            make_tiny_siglip2(),
+            processing_class=tiny_siglip2_processor(),
+        )
