@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .classifier import frozen_eval_mode, unwrap
-from .embedding import find_patch_embedding, inject_noise
+from .embedding import inject_noise, projection_weight
 from .synthesis import epsilon_statistic
 
 
@@ -94,8 +94,7 @@ def noise_to_pixels(
     """
     from scipy.optimize import lsq_linear
 
-    _, projection = find_patch_embedding(model, module_name)
-    weight = projection.weight.detach().double().cpu()
+    weight = projection_weight(model, module_name).detach().double().cpu()
     hidden, channels, rh, rw = weight.shape
     matrix = weight.reshape(hidden, -1).numpy()
     tokens = noise.detach().double().cpu().reshape(-1, hidden).numpy()

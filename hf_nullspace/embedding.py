@@ -8,8 +8,11 @@ import torch
 from torch import nn
 
 from .classifier import unwrap
+from .model_inputs import model_inputs, take_rows
+from .patch_inputs import conv_weight, takes_patches
 
-# model_type -> dotted suffix of the patch-embedding projection (a Conv2d with kernel = stride = patch size).
+# model_type -> dotted suffix of the patch-embedding projection (a Conv2d with kernel = stride = patch size, or for
+# the models that take patches, `patch_inputs.PATCH_INPUT_MODEL_TYPES`, a Linear on flattened patches).
 # The noise of the paper lives at the output of this projection: after it, before the CLS token and the position
 # embeddings are added. `timm_wrapper` is a timm model loaded by transformers (`TimmWrapperForImageClassification`):
 # timm's vision transformers (ViT, DeiT, BEiT, EVA, Swin, ...) keep their projection at `patch_embed.proj`.
@@ -30,6 +33,7 @@ PATCH_EMBEDDING_MODULES = {
     "clip": "vision_model.embeddings.patch_embedding",
     "metaclip_2": "vision_model.embeddings.patch_embedding",
     "siglip": "vision_model.embeddings.patch_embedding",
+    "siglip2": "vision_model.embeddings.patch_embedding",
     "timm_wrapper": "timm_model.patch_embed.proj",
 }
 PROJECTION_HELP = (
@@ -44,7 +48,7 @@ class UnsupportedModelError(ValueError):
     """Raised when no patch-embedding projection can be found in a model."""
 
 
-def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tuple[str, nn.Conv2d]:
+def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tuple[str, nn.Conv2d | nn.Linear]:
     """
     Finds the patch-embedding projection of a vision transformer.
 
@@ -55,7 +59,8 @@ def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tu
             Dotted name of the projection, for architectures outside `PATCH_EMBEDDING_MODULES`.
 
     Returns:
-        `tuple[str, nn.Conv2d]`: the dotted name and the projection module.
+        `tuple[str, nn.Conv2d | nn.Linear]`: the dotted name and the projection module (a `Linear` for the models
+        that take patches, see `patch_inputs.py`).
     """
     model = unwrap(model)
     cached = _found_names.get(model, {}).get(module_name)
@@ -65,7 +70,7 @@ def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tu
             module = model.get_submodule(cached)
         except AttributeError:
             module = None
-        if _is_patch_projection(module):
+        if _is_patch_projection(module, model):
             return cached, module
     found = _search(model, module_name)
     try:
@@ -75,14 +80,14 @@ def find_patch_embedding(model: nn.Module, module_name: str | None = None) -> tu
     return found
 
 
-def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d]:
+def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d | nn.Linear]:
     """`find_patch_embedding` without the cache: walks every module of `model`."""
     modules = dict(model.named_modules())
     if module_name is not None:
         if module_name not in modules:
             raise UnsupportedModelError(
                 f"The model has no module named {module_name!r}. Patch projections found in it: "
-                f"{_candidates(modules) or 'none'}. {PROJECTION_HELP}"
+                f"{_candidates(modules, model) or 'none'}. {PROJECTION_HELP}"
             )
         module = modules[module_name]
     else:
@@ -99,14 +104,19 @@ def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d]:
                 f"Cannot find the patch embedding of this {type(model).__name__}: {reason}. Supported model types: "
                 f"{', '.join(sorted(PATCH_EMBEDDING_MODULES))} (`timm_wrapper`: timm vision transformers loaded "
                 f"with transformers, projection at `patch_embed.proj`). Patch projections found in this model: "
-                f"{_candidates(modules) or 'none'}. {PROJECTION_HELP}"
+                f"{_candidates(modules, model) or 'none'}. {PROJECTION_HELP}"
             )
         module_name, module = matches[0], modules[matches[0]]
-    if not _is_patch_projection(module):
+    if not _is_patch_projection(module, model):
+        expected = (
+            "a Linear on flattened patches"
+            if takes_patches(model)
+            else "a Conv2d with kernel_size == stride and no padding"
+        )
         raise UnsupportedModelError(
-            f"{module_name!r} is a {type(module).__name__}, not a patch projection: expected a Conv2d with "
-            f"kernel_size == stride and no padding. Patch projections found in this model: "
-            f"{_candidates(modules) or 'none'}."
+            f"{module_name!r} is a {type(module).__name__}, not a patch projection: expected {expected}. "
+            f"Patch projections found in this model: "
+            f"{_candidates(modules, model) or 'none'}."
         )
     return module_name, module
 
@@ -116,7 +126,10 @@ def _search(model: nn.Module, module_name: str | None) -> tuple[str, nn.Conv2d]:
 _found_names: "weakref.WeakKeyDictionary[nn.Module, dict[str | None, str]]" = weakref.WeakKeyDictionary()
 
 
-def _is_patch_projection(module) -> bool:
+def _is_patch_projection(module, model: nn.Module | None = None) -> bool:
+    """A Conv2d with kernel = stride and no padding; in a model that takes patches, a Linear."""
+    if isinstance(module, nn.Linear):
+        return model is not None and takes_patches(model)
     return (
         isinstance(module, nn.Conv2d)
         and module.kernel_size == module.stride
@@ -126,27 +139,37 @@ def _is_patch_projection(module) -> bool:
     )
 
 
-def _candidates(modules: dict[str, nn.Module], limit: int = 5) -> list[str]:
+def _candidates(modules: dict[str, nn.Module], model: nn.Module, limit: int = 5) -> list[str]:
     """Names of the first `limit` modules that pass as a patch projection (for error messages)."""
-    return [name for name, module in modules.items() if _is_patch_projection(module)][:limit]
+    return [name for name, module in modules.items() if _is_patch_projection(module, model)][:limit]
+
+
+def _tokens_and_dim(output: torch.Tensor) -> tuple[int, int]:
+    """(N, D) of a projection output: (B, D, h, w) from a Conv2d, (B, N, D) from a Linear on patches."""
+    if output.dim() == 3:
+        return output.shape[1], output.shape[2]
+    _, dim, height, width = output.shape
+    return height * width, dim
 
 
 def _noise_map(noise: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Reshapes a (1, N, D) token noise to the (1, D, h, w) layout of the projection output."""
-    _, dim, height, width = output.shape
+    """Reshapes a (1, N, D) token noise to the layout of the projection output: (1, D, h, w), or (1, N, D)."""
+    tokens, dim = _tokens_and_dim(output)
     if noise.dim() == 2:
         noise = noise.unsqueeze(0)
-    if noise.shape[1:] != (height * width, dim):
+    if noise.shape[1:] != (tokens, dim):
         raise ValueError(
-            f"Noise of shape {tuple(noise.shape)} does not fit a patch embedding of {height * width} patches x {dim} "
-            f"channels: expected (1, {height * width}, {dim}). Was the noise made for another image size?"
+            f"Noise of shape {tuple(noise.shape)} does not fit a patch embedding of {tokens} patches x {dim} "
+            f"channels: expected (1, {tokens}, {dim}). Was the noise made for another image size?"
         )
-    return noise.transpose(1, 2).reshape(noise.shape[0], dim, height, width).to(output.dtype)
+    if output.dim() == 3:
+        return noise.to(output.dtype)
+    return noise.transpose(1, 2).reshape(noise.shape[0], *output.shape[1:]).to(output.dtype)
 
 
 def _rows_mask(rows: slice, output: torch.Tensor) -> torch.Tensor:
-    """A (B, 1, 1, 1) mask of the batch rows in `rows`: 1 there, 0 elsewhere."""
-    mask = torch.zeros(output.shape[0], 1, 1, 1, dtype=output.dtype, device=output.device)
+    """A (B, 1, ...) mask of the batch rows in `rows`: 1 there, 0 elsewhere."""
+    mask = torch.zeros(output.shape[0], *[1] * (output.dim() - 1), dtype=output.dtype, device=output.device)
     mask[rows] = 1
     return mask
 
@@ -233,7 +256,8 @@ class NoiseHook:
         self.name, self.projection = find_patch_embedding(model, module_name)
         self.layout: str | None = None
         self.source: torch.Tensor | None = None
-        # (2, 1, D, N): row 0 zeros (the clean half), row 1 the noise; viewed as (2, 1, D, h, w) in the hook
+        # (2, 1, D, N): row 0 zeros (the clean half), row 1 the noise; viewed as (2, 1, D, h, w) in the hook (as
+        # (2, 1, N, D) for a Linear on patches)
         self._pair: torch.Tensor | None = None
         self._handle = self.projection.register_forward_hook(self._hook)
 
@@ -268,14 +292,17 @@ class NoiseHook:
         layout = self.layout
         if layout is None:
             return None
-        dim, height, width = output.shape[1:]
-        if self._pair.shape[2:] != (dim, height * width):
+        tokens, dim = _tokens_and_dim(output)
+        if self._pair.shape[2:] != (dim, tokens):
             raise ValueError(
                 f"Noise of shape (1, {self._pair.shape[3]}, {self._pair.shape[2]}) does not fit a patch embedding of "
-                f"{height * width} patches x {dim} channels: expected (1, {height * width}, {dim}). Was the noise "
-                "made for another image size?"
+                f"{tokens} patches x {dim} channels: expected (1, {tokens}, {dim}). Was the noise made for another "
+                "image size?"
             )
-        pair = self._pair.view(2, 1, dim, height, width).to(output.dtype)
+        if output.dim() == 3:  # a Linear on patches: (B, N, D)
+            pair = self._pair.transpose(2, 3).to(output.dtype)
+        else:
+            pair = self._pair.view(2, 1, *output.shape[1:]).to(output.dtype)
         if layout == "all":
             return output + pair[1]
         if output.shape[0] % 2:
@@ -289,13 +316,25 @@ class NoiseHook:
         self._handle.remove()
 
 
+def projection_weight(model: nn.Module, module_name: str | None = None) -> torch.Tensor:
+    """The weight of the patch projection of `model` as a (D, c, r, r) convolution weight (for a Linear on patches,
+    that of the Conv2d it equals)."""
+    _, projection = find_patch_embedding(model, module_name)
+    if isinstance(projection, nn.Linear):
+        return conv_weight(model, projection)
+    return projection.weight
+
+
 class _ShapeFound(Exception):
     pass
 
 
-def noise_shape(model: nn.Module, pixel_values: torch.Tensor, module_name: str | None = None) -> tuple[int, int, int]:
+def noise_shape(
+    model: nn.Module, pixel_values: torch.Tensor | dict, module_name: str | None = None
+) -> tuple[int, int, int]:
     """
-    Returns the shape (1, N, D) of a noise for the patch embeddings of `model` on images like `pixel_values`.
+    Returns the shape (1, N, D) of a noise for the patch embeddings of `model` on images like `pixel_values` (a
+    tensor, or a batch dict holding the model's other inputs too, see `model_inputs.py`).
 
     Only the model up to its patch projection runs.
     """
@@ -303,16 +342,15 @@ def noise_shape(model: nn.Module, pixel_values: torch.Tensor, module_name: str |
     shape = []
 
     def hook(module, args, output):
-        shape.extend(output.shape)
+        shape.extend(_tokens_and_dim(output))
         raise _ShapeFound
 
     handle = projection.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            unwrap(model)(pixel_values=pixel_values[:1])
+            unwrap(model)(**take_rows(model_inputs(pixel_values), slice(0, 1)))
     except _ShapeFound:
         pass
     finally:
         handle.remove()
-    _, dim, height, width = shape
-    return 1, height * width, dim
+    return 1, *shape

@@ -30,7 +30,6 @@ from .classifier import load_classifier
 from .config import NullspaceArguments
 from .data import (
     SkipCounter,
-    collate_fn,
     find_columns,
     load_image_dataset,
     prepare_dataset,
@@ -41,6 +40,7 @@ from .data.checks import cast_string_labels
 from .data.heldout import HeldOutSplit, carve_held_out, held_out_spec, scored_rows
 from .data.streams import ReadTally, keyed_stream, split_stream
 from .lora import LoraArguments, apply_lora, lora_summary, merge_into_trainer
+from .patch_inputs import collator_for
 from .results import DatasetRef, RunResults
 from .run_config import HELP_DESCRIPTION, HelpFormatter, parse_with_base
 from .run_folder import resume_point, run_arguments, start_run_folder
@@ -342,7 +342,7 @@ def build_trainer(model_args, data_args, nullspace_args, training_args, adversar
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collate_fn,
+        data_collator=collator_for(model, processor),
         processing_class=processor,
         compute_metrics=_accuracy,
         nullspace_args=nullspace_args,

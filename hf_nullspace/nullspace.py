@@ -5,14 +5,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .embedding import find_patch_embedding
+from .embedding import projection_weight
 
 
 @dataclass
 class PatchNullspace:
     """
     The nullspace of a patch projection with weight W of shape (d, c, r, r), taken as the linear map W reshaped to
-    (d, c*r*r) on whole patches (all channels together).
+    (d, c*r*r) on whole patches (all channels together). A `Linear` projection on flattened patches (SigLIP2) is
+    taken as the Conv2d it equals, so perturbations are images here too.
 
     Attributes:
         basis (`torch.Tensor`): orthonormal float64 basis of shape (c*r*r, dimension), in the (c, r, r) order of a
@@ -103,8 +104,7 @@ def patch_embedding_nullspace(
     Returns:
         [`PatchNullspace`]: basis, dimension and the patch-wise projection.
     """
-    _, projection = find_patch_embedding(model, module_name)
-    weight = projection.weight.detach().to(torch.float64).cpu()
+    weight = projection_weight(model, module_name).detach().to(torch.float64).cpu()
     hidden_size, channels, rh, rw = weight.shape
     matrix = weight.reshape(hidden_size, channels * rh * rw)
     _, singular_values, vh = torch.linalg.svd(matrix, full_matrices=True)

@@ -20,6 +20,7 @@ from torch import nn
 from .classifier import frozen_eval_mode, unwrap
 from .config import NullspaceArguments
 from .embedding import find_patch_embedding, inject_noise, noise_shape
+from .model_inputs import model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -126,19 +127,16 @@ def epsilon_statistic(clean_logits: torch.Tensor, noisy_logits: torch.Tensor) ->
     return (noisy - clean).pow(2).sum(dim=-1).mean()
 
 
-def _pixel_values(batch) -> torch.Tensor:
-    return batch["pixel_values"] if isinstance(batch, dict) else batch
-
-
-def _cycle(batches) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yields (position, pixel_values) endlessly; re-iterates sequences and re-iterable loaders."""
+def _cycle(batches) -> Iterator[tuple[int, dict]]:
+    """Yields (position, model inputs) endlessly (the model inputs: `pixel_values` and whatever else the model takes,
+    see `model_inputs.py`); re-iterates sequences and re-iterable loaders."""
     if isinstance(batches, (dict, torch.Tensor)):
         batches = [batches]
     while True:
         empty = True
         for position, batch in enumerate(batches):
             empty = False
-            yield position, _pixel_values(batch)
+            yield position, model_inputs(batch)
         if empty or iter(batches) is batches:
             return
 
@@ -166,15 +164,15 @@ class _Sync:
         return self.amp.autocast() if self.amp is not None else contextlib.nullcontext()
 
 
-def _logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    return model(pixel_values=pixel_values).logits
+def _logits(model: nn.Module, inputs: dict) -> torch.Tensor:
+    return model(**inputs).logits
 
 
 class _Stop(Exception):
     pass
 
 
-def _patch_embedding_scale(model: nn.Module, pixel_values: torch.Tensor, module_name, sync) -> tuple[float, float]:
+def _patch_embedding_scale(model: nn.Module, pixel_values: dict, module_name, sync) -> tuple[float, float]:
     """(RMS of the patch-projection output's elements, mean per-image L2 norm of it), averaged over processes.
 
     Only the model up to its patch projection runs."""
@@ -188,7 +186,7 @@ def _patch_embedding_scale(model: nn.Module, pixel_values: torch.Tensor, module_
     handle = projection.register_forward_hook(hook)
     try:
         with torch.no_grad(), sync.autocast():
-            model(pixel_values=pixel_values)
+            model(**pixel_values)
     except _Stop:
         pass
     finally:
@@ -236,9 +234,10 @@ def synthesize_noise(
             The vision model (unwrapped or wrapped); its mode and `requires_grad` flags are restored afterwards and
             no parameter gradient is left behind.
         batches (`torch.Tensor`, `dict`, or a sequence/re-iterable of them):
-            Batches of `pixel_values` (as the model takes them), one per update: a sequence is cycled through (its
-            clean logits computed once), an iterator (a stream of training batches) is drawn from until it ends (the
-            clean logits computed per batch). The first batch calibrates the start.
+            Batches of `pixel_values` (as the model takes them; a dict also holds the model's other inputs, if
+            any), one per update: a sequence is cycled through (its clean logits computed once), an iterator (a
+            stream of training batches) is drawn from until it ends (the clean logits computed per batch). The first
+            batch calibrates the start.
         args ([`NullspaceArguments`], *optional*):
             Hyperparameters; the library's defaults when not given.
         accelerator (`accelerate.Accelerator`, *optional*):
@@ -284,7 +283,7 @@ def synthesize_noise(
         except StopIteration:
             raise ValueError("synthesize_noise needs at least one batch of pixel_values.") from None
         shape = noise_shape(model, first, module_name)
-        device = first.device
+        device = first["pixel_values"].device
         token_rms, embedding_norm = _patch_embedding_scale(model, first, module_name, sync)
         pending = [(position, first)]
 
@@ -366,7 +365,7 @@ def _heldout_statistic(model, heldout, noise, module_name, sync) -> float:
     for _, pixel_values in _cycle(heldout):
         with torch.no_grad(), sync.autocast():
             clean = _logits(model, pixel_values).float()
-            with inject_noise(model, noise.to(pixel_values.device), module_name=module_name):
+            with inject_noise(model, noise.to(pixel_values["pixel_values"].device), module_name=module_name):
                 noisy = _logits(model, pixel_values).float()
         values.append(epsilon_statistic(clean, noisy))
         if len(values) >= (len(heldout) if isinstance(heldout, Sequence) else 1):

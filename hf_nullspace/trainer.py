@@ -21,7 +21,9 @@ from .adversarial import ADVERSARIAL_MODES, AdversarialArguments, AdversarialTra
 from .config import NullspaceArguments
 from .embedding import NoiseHook, find_patch_embedding
 from .loss import LossReduction
+from .model_inputs import model_inputs, repeat_rows, take_rows
 from .noise_bank import NoiseBank, last_complete_checkpoint
+from .patch_inputs import takes_patches
 from .publishing import RunPublishingMixin
 from .stream_training import StreamedTrainingMixin
 from .synthesis import noise_statistic, synthesize_noise
@@ -78,6 +80,8 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         self.adversarial = (
             AdversarialTraining(mode, adversarial_args, self.processing_class) if mode in ADVERSARIAL_MODES else None
         )
+        if self.adversarial is not None and takes_patches(self.model):
+            raise ValueError(f"nullspace_mode={mode!r} attacks batches of images; this model takes patches (SigLIP2).")
         if self.uses_noise:
             find_patch_embedding(self.model, self.nullspace_args.nullspace_patch_embedding_module)
             if self.args.n_gpu > 1:
@@ -136,11 +140,10 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         if args.noise_synthesis_data == "stream":
             batches = stream
         else:
-            pixel_values = inputs["pixel_values"]
+            batches = model_inputs(inputs)
             rows = args.noise_synthesis_batch_size
-            if rows is not None and rows < pixel_values.shape[0]:
-                pixel_values, heldout = pixel_values[:rows], pixel_values[rows:]
-            batches = {"pixel_values": pixel_values}
+            if rows is not None and rows < batches["pixel_values"].shape[0]:
+                batches, heldout = take_rows(batches, slice(None, rows)), take_rows(batches, slice(rows, None))
         warm_start = None
         if args.noise_warm_start and args.nullspace_mode != "random":
             # the previous learned noise (norm_matched trains on a random one and keeps the learned one aside, in the
@@ -178,7 +181,7 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
 
     def synthesis_stream(self) -> Iterator[dict]:
         """
-        An endless stream of training batches (`{"pixel_values": ...}` on the device) for the noise synthesis, drawn
+        An endless stream of training batches (their model inputs on the device) for the noise synthesis, drawn
         by a second loader built like the trainer's own: the same collator (unused columns removed), batch size,
         DataLoader settings and per-process share (every process draws its own batches: a shard of one random order
         of a map-style set, this process's share of a streamed one). It has its own order and RNG, seeded by
@@ -260,7 +263,7 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
                 iterator = None
                 continue
             empty = False
-            yield {"pixel_values": self._prepare_inputs(batch)["pixel_values"]}
+            yield model_inputs(self._prepare_inputs(batch))
 
     # ---- the training step: one hook for the run, the noise on the device, no per-step collective ------------------
 
@@ -330,7 +333,7 @@ class NullspaceTrainer(RunPublishingMixin, StreamedTrainingMixin, Trainer):
         extra = self._model_kwargs(inputs)
         if self.nullspace_args.noise_shared_forward:
             with hook.enabled("halves"):  # rows B..2B of the doubled batch get the noise
-                outputs = model(pixel_values=torch.cat([pixel_values, pixel_values]), **extra)
+                outputs = model(**repeat_rows(model_inputs(inputs)))
             clean_logits, noisy_logits = outputs.logits.split(pixel_values.shape[0])
             return outputs, clean_logits, noisy_logits
         outputs = model(pixel_values=pixel_values, **extra)

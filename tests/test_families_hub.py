@@ -1,5 +1,7 @@
 """The families added to `PATCH_EMBEDDING_MODULES` beyond ViT/DeiT/BEiT/Data2Vec/DINOv2/ViT-MSN/Swin: CLIP, MetaCLIP-2,
-SigLIP, I-JEPA, Donut-Swin, FocalNet and PVT classifiers, and timm vision transformers through `TimmWrapper`.
+SigLIP, SigLIP2, I-JEPA, Donut-Swin, FocalNet and PVT classifiers, and timm vision transformers through `TimmWrapper`.
+SigLIP2 takes its images cut into patches: every forward here goes through `model_inputs`, which cuts them as its
+image processor does (`PatchInputs`).
 
 Each family, as a tiny model built from its config with dropout and drop-path above 0: the exact nullspace and the
 invariance along it, synthesis reaching epsilon, a few noisy `NullspaceTrainer` steps, save and `from_pretrained` /
@@ -23,6 +25,7 @@ import torch
 from hub_server import serve
 from PIL import Image
 from safetensors.torch import save_file
+from testing_utils import SIGLIP2_VISION, tiny_siglip2_processor
 from transformers import TrainingArguments, ViTImageProcessor
 
 from hf_nullspace import (
@@ -37,6 +40,7 @@ from hf_nullspace import (
     patch_embedding_nullspace,
     synthesize_noise,
 )
+from hf_nullspace.patch_inputs import PatchInputs, collator_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_familiestokenAbCdEfGhIjKlMnOpQrStUvWxYz0123"
@@ -89,6 +93,7 @@ FAMILIES = {
     "clip": ("CLIPForImageClassification", dict(vision_config=_VISION), (16, 32)),
     "metaclip_2": ("MetaClip2ForImageClassification", dict(vision_config=_VISION), (16, 32)),
     "siglip": ("SiglipForImageClassification", dict(vision_config=_VISION), (16, 32)),
+    "siglip2": ("Siglip2ForImageClassification", dict(vision_config=SIGLIP2_VISION), (16, 32)),
     "ijepa": (
         "IJepaForImageClassification",
         dict(_VISION, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
@@ -126,6 +131,20 @@ FAMILY_PARAMS = [
 ]
 
 
+def make_processor(model_type: str):
+    """The family's image processor for 32x32 images (mean and std 0.5): SigLIP2's cuts them into 16 patches."""
+    if model_type == "siglip2":
+        return tiny_siglip2_processor()
+    return ViTImageProcessor(size={"height": 32, "width": 32})
+
+
+def model_inputs(model, pixel_values: torch.Tensor) -> dict:
+    """The model's inputs for normalised images (B, 3, 32, 32): the images, or for SigLIP2 their patches as its
+    processor gives them."""
+    patch_inputs = PatchInputs.for_model(model, make_processor(model.config.model_type))
+    return {"pixel_values": pixel_values} if patch_inputs is None else patch_inputs(pixel_values)
+
+
 def make_model(model_type: str, folder: Path):
     """The family's tiny classifier, saved to `folder` and loaded back with `AutoModelForImageClassification` as a
     Hub checkpoint would be (train mode). A timm model is made and saved by timm itself, in timm's format."""
@@ -149,7 +168,7 @@ def make_model(model_type: str, folder: Path):
         model_class = getattr(transformers, class_name)
         labels = dict(num_labels=NUM_LABELS, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
         model_class(model_class.config_class(**config, **labels)).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    make_processor(model_type).save_pretrained(folder)
     model = AutoModelForImageClassification.from_pretrained(folder)
     assert type(model).__name__ == class_name and model.config.model_type == model_type
     return model.train()
@@ -165,11 +184,12 @@ def template_images(num: int, seed: int):
 
 
 def logits(model, pixel_values, noise=None):
+    inputs = model_inputs(model, pixel_values)
     with torch.no_grad():
         if noise is None:
-            return model(pixel_values=pixel_values).logits
+            return model(**inputs).logits
         with inject_noise(model, noise):
-            return model(pixel_values=pixel_values).logits
+            return model(**inputs).logits
 
 
 @pytest.fixture(scope="module", params=FAMILY_PARAMS)
@@ -186,7 +206,7 @@ def trained(model_type, tmp_path_factory):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(8):
         pixel_values, labels = template_images(16, seed=step + 1)
-        loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss = model(**model_inputs(model, pixel_values), labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -201,7 +221,7 @@ def test_exact_nullspace_leaves_the_logits_unchanged(model_type, trained):
     pixel_values = template_images(4, seed=50)[0]
     name, projection = find_patch_embedding(trained)
     assert name.endswith(PATCH_EMBEDDING_MODULES[model_type])
-    assert noise_shape(trained, pixel_values) == (1, *FAMILIES[model_type][2])
+    assert noise_shape(trained, model_inputs(trained, pixel_values)) == (1, *FAMILIES[model_type][2])
     nullspace = patch_embedding_nullspace(trained)
     _, dim = FAMILIES[model_type][2]
     assert nullspace.hidden_size == dim and nullspace.rank == dim  # a random projection has full rank
@@ -220,14 +240,15 @@ def test_exact_nullspace_leaves_the_logits_unchanged(model_type, trained):
 
 def test_synthesis_reaches_epsilon_as_measured_independently(model_type, trained):
     pixel_values = template_images(8, seed=99)[0]
-    shape = noise_shape(trained, pixel_values)
+    shape = noise_shape(trained, model_inputs(trained, pixel_values))
     limit = 3.0
     start = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * limit
     clean = logits(trained, pixel_values)
     epsilon = float(epsilon_statistic(clean, logits(trained, pixel_values, start))) / 4
     assert epsilon > 1e-6, "the uniform start must leave the epsilon ball, or synthesis has nothing to do"
     args = NullspaceArguments(noise_epsilon=epsilon, noise_init_limit=limit, noise_max_updates=300)
-    result = synthesize_noise(trained, pixel_values, args, generator=torch.Generator().manual_seed(0))
+    inputs = model_inputs(trained, pixel_values)
+    result = synthesize_noise(trained, inputs, args, generator=torch.Generator().manual_seed(0))
 
     assert result.reached and result.updates > 0, result.summary()
     measured = float(epsilon_statistic(clean, logits(trained, pixel_values, result.noise)))
@@ -267,7 +288,7 @@ def noisy_run(model_type, trained, tmp_path_factory):
         model=trained.train(),
         args=args,
         train_dataset=_rows(8, seed=7),
-        data_collator=_collate,
+        data_collator=collator_for(trained, make_processor(model_type), _collate),
         # the authors' fixed start: these untrained models barely read their input, and the automatic start would
         # find no epsilon boundary for some (no noise to train on, `no_boundary`)
         nullspace_args=NullspaceArguments(noise_refresh_steps=1, noise_max_updates=5, noise_init_limit=3.0),
@@ -283,7 +304,7 @@ def noisy_run(model_type, trained, tmp_path_factory):
     finally:
         handle.remove()
     trainer.save_model(str(output_dir))
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(output_dir)
+    make_processor(model_type).save_pretrained(output_dir)
     changed = max(float((p.detach() - before[name]).abs().max()) for name, p in trainer.model.named_parameters())
     return trainer, batches, changed, output_dir
 
@@ -311,8 +332,8 @@ def test_saved_run_loads_and_classifies(model_type, noisy_run):
     image = Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8"))
     classifier = pipeline("image-classification", model=str(output_dir), device="cpu")
     predictions = classifier(image, top_k=NUM_LABELS)
-    processed = classifier.image_processor(image, return_tensors="pt")["pixel_values"]
-    scores = logits(loaded, processed).softmax(-1)[0]
+    with torch.no_grad():
+        scores = loaded(**classifier.image_processor(image, return_tensors="pt")).logits.softmax(-1)[0]
     assert predictions[0]["label"] == loaded.config.id2label[int(scores.argmax())]
     for prediction in predictions:
         score = float(scores[loaded.config.label2id[prediction["label"]]])
@@ -332,14 +353,14 @@ from hf_nullspace.hub import push_run
 folder, repo, token, class_name, inputs = sys.argv[1:6]
 out = {"commit": push_run(folder, repo, token=token)}
 # read back from the Hub into an empty cache
-pixel_values = load_file(inputs)["pixel_values"]
+inputs = load_file(inputs)
 with torch.no_grad():
     model = getattr(transformers, class_name).from_pretrained(repo).eval()
-    out["transformers"] = model(pixel_values=pixel_values).logits.tolist()
+    out["transformers"] = model(**inputs).logits.tolist()
     if class_name == "TimmWrapperForImageClassification":
         import timm
 
-        out["timm"] = timm.create_model("hf-hub:" + repo, pretrained=True).eval()(pixel_values).tolist()
+        out["timm"] = timm.create_model("hf-hub:" + repo, pretrained=True).eval()(inputs["pixel_values"]).tolist()
 with safe_open(hf_hub_download(repo, "model.safetensors"), "pt") as weights:
     out["keys"] = sorted(weights.keys())
 out["files"] = sorted(HfApi().list_repo_files(repo))
@@ -368,7 +389,7 @@ def test_pushed_run_is_read_by_the_familys_own_loader(model_type, noisy_run, tmp
     trainer, _, _, output_dir = noisy_run
     pixel_values = template_images(3, seed=6)[0]
     expected = logits(trainer.model.eval(), pixel_values)
-    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
+    save_file(model_inputs(trainer.model, pixel_values), tmp_path / "inputs.safetensors")
     repo_id = f"robust-org/tiny-{model_type.replace('_', '-')}-nullspace"
     with serve(tmp_path / "hub", token=TOKEN) as (endpoint, _):
         args = [str(output_dir), repo_id, TOKEN, FAMILIES[model_type][0], str(tmp_path / "inputs.safetensors")]

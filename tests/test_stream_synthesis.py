@@ -71,9 +71,9 @@ def spy_on_forwards(monkeypatch):
     calls = []
     original = synthesis_module._logits
 
-    def spy(model, pixel_values):
-        calls.append((tuple(row_id(pixel_values)), torch.is_grad_enabled()))
-        return original(model, pixel_values)
+    def spy(model, inputs):
+        calls.append((tuple(row_id(inputs["pixel_values"])), torch.is_grad_enabled()))
+        return original(model, inputs)
 
     monkeypatch.setattr(synthesis_module, "_logits", spy)
     return calls

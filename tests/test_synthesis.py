@@ -299,7 +299,7 @@ def test_trainer_synthesises_on_a_sub_batch_and_holds_out_the_rest(tmp_path, mon
     )
     record = trainer.refresh_noise(trainer.model, {"pixel_values": pixel_values})
     ((rows, heldout),) = calls
-    assert rows == 5 and torch.equal(heldout, pixel_values[5:])
+    assert rows == 5 and torch.equal(heldout["pixel_values"], pixel_values[5:])  # the held-out rows' model inputs
     assert record["heldout_statistic"] is not None and record["heldout_statistic"] >= 0
 
     whole = make_trainer(tmp_path, NullspaceArguments(noise_max_updates=5), copy.deepcopy(trained_tiny_vit))

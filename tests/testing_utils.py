@@ -93,6 +93,34 @@ FAMILIES = {
 }
 
 
+# SigLIP2 takes its images cut into patches and has no image size: 16 position embeddings (a 4x4 grid of 8x8 patches,
+# c*r*r = 192 > hidden 32) and attention dropout, its only dropout
+SIGLIP2_VISION = dict(
+    patch_size=8,
+    num_patches=16,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    attention_dropout=0.1,
+)
+
+
+def make_tiny_siglip2(**overrides):
+    """A tiny `Siglip2ForImageClassification` (`SIGLIP2_VISION`) with 10 labels; train mode, as built."""
+    from transformers import Siglip2Config, Siglip2ForImageClassification
+
+    return Siglip2ForImageClassification(Siglip2Config(vision_config=SIGLIP2_VISION, num_labels=10, **overrides))
+
+
+def tiny_siglip2_processor(max_num_patches: int = 16):
+    """SigLIP2's image processor for the tiny SigLIP2: a 32x32 image becomes its 16 patches of 8x8 (padded to
+    `max_num_patches`), pixels mapped from [0, 1] to [-1, 1]."""
+    from transformers import Siglip2ImageProcessorPil
+
+    return Siglip2ImageProcessorPil(patch_size=8, max_num_patches=max_num_patches)
+
+
 def make_tiny_model(model_type: str, **overrides):
     """A tiny `*ForImageClassification` of a supported family (`FAMILIES`) for 32x32 RGB images: 10 labels, dropout
     and drop-path 0.1, 2 ViT layers of width 32 or 2 Swin stages from width 16; train mode, as built.

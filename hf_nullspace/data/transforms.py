@@ -340,7 +340,10 @@ def transforms_from_image_processor(
       then centre crop `crop_size` if the processor crops;
     - `size={"shortest_edge"}` with `crop_pct` (ConvNeXt): below 384, the shorter side to `shortest_edge / crop_pct`
       and a centre crop of `shortest_edge`; from 384, a squash to `shortest_edge`;
-    - `size={"shortest_edge"}` (BiT, CLIP-like): the shorter side to `shortest_edge`, then the centre crop.
+    - `size={"shortest_edge"}` (BiT, CLIP-like): the shorter side to `shortest_edge`, then the centre crop;
+    - no size but `patch_size` and `max_num_patches` (SigLIP2, which cuts each image into at most that many patches,
+      keeping its aspect ratio): a squash to the largest square of whole patches that fits, `patch_size` x
+      `floor(sqrt(max_num_patches))` pixels a side (square images get what the processor gives them).
 
     Crop offsets are floored, as Hugging Face processors do. Passing `crop_pct` instead gives the torchvision
     recipe `Resize(size / crop_pct)` + `CenterCrop(size)` whatever the processor does.
@@ -374,6 +377,10 @@ def transforms_from_image_processor(
     exact = height_width(size)
     output = height_width(crop_size) if centre_crops else None
     output = output or exact or ((int(shortest), int(shortest)) if shortest else None)
+    max_num_patches = getattr(processor, "max_num_patches", None)
+    if output is None and max_num_patches and getattr(processor, "patch_size", None):
+        side = int(processor.patch_size) * math.isqrt(int(max_num_patches))
+        exact = output = (side, side)
     if output is None:
         raise ValueError(f"Cannot read an output size from the image processor's size={size!r}, crop={crop_size!r}.")
 

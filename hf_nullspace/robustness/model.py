@@ -6,13 +6,16 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..patch_inputs import PatchInputs
+
 
 class PixelSpaceClassifier(nn.Module):
     """
     Wraps a Hugging Face image classifier so that it takes images in [0, 1] and returns logits.
 
     The normalisation `(images - mean) / std` of the model's image processor is applied here and only here: attacks
-    perturb and clamp images in [0, 1] pixel space, so their budgets (e.g. `epsilon=1/255`) mean what they say.
+    perturb and clamp images in [0, 1] pixel space, so their budgets (e.g. `epsilon=1/255`) mean what they say. A
+    model that takes patches (SigLIP2) gets the normalised images cut into its patches here too (`patch_inputs.py`).
 
     With `label_subset`, the logits are restricted to those columns (in the given order): the output has
     `len(label_subset)` columns and labels must be positions in `label_subset`
@@ -43,6 +46,7 @@ class PixelSpaceClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.training = model.training  # the wrapper never switches the model's mode: it takes the model's own
+        self.patch_inputs = PatchInputs.for_model(model)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         if label_subset is None:
@@ -82,6 +86,11 @@ class PixelSpaceClassifier(nn.Module):
         """Maps images in [0, 1] to the model's input space: `(images - mean) / std`."""
         return (images - self.mean) / self.std
 
+    def model_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's inputs for images in [0, 1]: normalised, and cut into patches for a model that takes them."""
+        pixel_values = self.normalize(images)
+        return {"pixel_values": pixel_values} if self.patch_inputs is None else self.patch_inputs(pixel_values)
+
     def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.label_subset is None else logits[:, self.label_subset]
 
@@ -109,7 +118,7 @@ class PixelSpaceClassifier(nn.Module):
         Returns:
             `torch.Tensor` of shape `(batch_size, num_classes)`: the logits, restricted to `label_subset` if given.
         """
-        return self._restrict(self.model(pixel_values=self.normalize(images)).logits)
+        return self._restrict(self.model(**self.model_inputs(images)).logits)
 
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
@@ -147,7 +156,7 @@ class PixelSpaceClassifier(nn.Module):
             `ValueError`: if the model returns no attentions (e.g. a CNN).
         """
         with self.eager_attention():
-            outputs = self.model(pixel_values=self.normalize(images), output_attentions=True)
+            outputs = self.model(**self.model_inputs(images), output_attentions=True)
         attentions = getattr(outputs, "attentions", None)
         if not attentions:
             raise ValueError(f"{type(self.model).__name__} returns no attentions: a ViT-family model is required.")
