@@ -156,6 +156,11 @@ def test_tiled_convolution_gradients_match_the_convolution_backward():
     model[0].weight.requires_grad_(True)
     with tiled_convolution_gradients(model):
         assert "forward" not in vars(model[0])  # a trainable convolution keeps its own backward
+    model[0].weight.requires_grad_(False)
+    model[0].forward = hooked = model[0].forward  # e.g. accelerate's device hook
+    with tiled_convolution_gradients(model):
+        assert vars(model[0])["forward"] is hooked
+    assert vars(model[0])["forward"] is hooked
 
 
 @pytest.mark.parametrize("adversarial", CASE_PARAMS, indirect=True)

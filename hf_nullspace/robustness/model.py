@@ -197,7 +197,8 @@ def tiled_convolution_gradients(model: nn.Module) -> Iterator[None]:
     their input gradient on CPU as one matrix product (`_TiledConvolution`); the forward is unchanged. Attacks run
     under it: most of a CPU attack step's convolution time was PyTorch's backward of the patch embedding.
     """
-    patched = [m for m in model.modules() if _tiles(m) and not m.weight.requires_grad]
+    # modules whose forward is already replaced on the instance (accelerate's device hooks) are left alone
+    patched = [m for m in model.modules() if _tiles(m) and not m.weight.requires_grad and "forward" not in vars(m)]
     for module in patched:
 
         def forward(images, module=module):
