@@ -680,13 +680,13 @@ class _Nesting:
         if keys:
             self.waiting[(model, evaluation)].append((images, labels, list(keys), generator))
 
-    def _release(self, model: str, evaluation: str, queue) -> None:
+    def _release(self, model: str, evaluation: str, queue, drain: bool) -> None:
         """Moves the waiting examples whose rows below have all decided into the queue, or, when one of them broke
-        the example, straight to broken."""
+        the example, straight to broken (`drain`: every waiting example; the rows below have drained before)."""
         below = [(model, d) for d in self.below.get(evaluation, ())]
         entries, self.waiting[(model, evaluation)] = self.waiting[(model, evaluation)], []
         for images, labels, keys, generator in entries:
-            ready = [all(k in self.known[b] for b in below) for k in keys]
+            ready = [drain or all(k in self.known[b] for b in below) for k in keys]
             broken = [r and any(k in self.broken[b] for b in below) for k, r in zip(keys, ready)]
             attack = [r and not b for r, b in zip(ready, broken)]
             self.record(model, evaluation, [k for k, b in zip(keys, broken) if b], [False] * sum(broken))
@@ -708,7 +708,7 @@ class _Nesting:
     def run(self, drain: bool = False) -> None:
         """Releases waiting examples and steps the queues, smallest budget first (`drain`: to the last example)."""
         for (model, evaluation), queue in self.queues.items():
-            self._release(model, evaluation, queue)
+            self._release(model, evaluation, queue, drain)
             for keys, robust, _ in queue.run(drain=drain):
                 self.record(model, evaluation, keys, robust.tolist())
 
