@@ -5,7 +5,9 @@ against a straightforward torchattacks loop; plus the early-stop rates behind th
 1. `mnist` suite, the robustness-evaluation stage of the default run (`hf_nullspace/assets/default_run.json`): the
    bundled vit-tiny-mnist scored as "base" (a path) and "finetuned" (a model object) on the 1,000 bundled digits,
    batch size 250, seed 42. "before" imports a checkout of `--before` (`git worktree add DIR COMMIT`), "after" this
-   tree; the two run at the same time in two fresh processes, and the report rows of both are compared.
+   tree; the two run at the same time in two fresh processes, and the report rows of both are compared. A third
+   process ("floor") runs this tree on the suite without its attack rows: clean and the 50 corruption rows, the part
+   of the stage that no attack convention changes.
 2. `attacks` suite (clean, FGSM and PGD-10 with step eps/4 at eps 1, 2, 4, 8 /255) on both bundled models
    (`--attack-rows` evenly spaced rows of the bundled digits; of the texture test patches, built by
    `trainer_scripts/train_base_model.py`), against a loop that scores the same rows in batches of 250 with
@@ -45,11 +47,15 @@ torch.set_num_threads(1)
 from transformers import AutoImageProcessor
 from hf_nullspace.classifier import load_classifier
 from hf_nullspace.robustness import evaluate_robustness
+from hf_nullspace.robustness import get_suite
 path = sys.argv[1]
 finetuned = load_classifier(path).eval()
 processor = AutoImageProcessor.from_pretrained(path)
+suite = get_suite("mnist")
+if len(sys.argv) > 2:  # the floor: the suite without its attack rows
+    suite.evaluations = [e for e in suite.evaluations if e.attack is None]
 start, cpu = time.perf_counter(), time.process_time()
-report = evaluate_robustness({"base": path, "finetuned": finetuned}, image_processor=processor, suite="mnist",
+report = evaluate_robustness({"base": path, "finetuned": finetuned}, image_processor=processor, suite=suite,
                              max_samples=1000, batch_size=250, seed=42, progress=False)
 seconds, wall = time.process_time() - cpu, time.perf_counter() - start
 values = {m["name"]: {r["benchmark"]: r["value"] for r in m["results"]} for m in report.to_dict()["models"]}
@@ -57,9 +63,10 @@ print("RESULT " + json.dumps({"seconds": seconds, "wall_seconds": wall, "values"
 """
 
 
-def start_stage(code_root: str) -> subprocess.Popen:
+def start_stage(code_root: str, floor: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=code_root, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-c", STAGE, os.path.join(ASSETS, MODELS["mnist"])]
+    command += ["floor"] if floor else []
     return subprocess.Popen(
         command, env=env, cwd=code_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -73,15 +80,16 @@ def stage_result(process: subprocess.Popen) -> dict:
 
 
 def mnist_stage(before: str, repeats: int) -> dict:
-    """Before and after run at the same time (two processes, one thread each), `repeats` times."""
-    runs = {"before": [], "after": []}
+    """Before and after run at the same time (two processes, one thread each), `repeats` times, with a third process:
+    this code on the suite without its attack rows (clean and the 50 corruptions: what no attack change can save)."""
+    runs = {"before": [], "after": [], "floor": []}
     for _ in range(repeats):
-        started = {"before": start_stage(before), "after": start_stage(ROOT)}
+        started = {"before": start_stage(before), "after": start_stage(ROOT), "floor": start_stage(ROOT, floor=True)}
         for label, process in started.items():
             runs[label].append(stage_result(process))
             print(f"  mnist stage {label}: {runs[label][-1]['seconds']:.1f} s CPU", flush=True)
     seconds = {label: statistics.median(r["seconds"] for r in result) for label, result in runs.items()}
-    values = {label: result[0]["values"] for label, result in runs.items()}
+    values = {label: runs[label][0]["values"] for label in ("before", "after")}
     same, pgd_not_higher = [], []
     for model, rows in values["before"].items():
         for row, value in rows.items():
@@ -93,6 +101,7 @@ def mnist_stage(before: str, repeats: int) -> dict:
         "cpu_seconds": seconds,
         "runs": runs,
         "ratio": seconds["after"] / seconds["before"],
+        "floor_ratio": seconds["floor"] / seconds["before"],
         "values": values,
         "clean_fgsm_corruption_identical": all(same),
         "pgd_not_higher": all(pgd_not_higher),
@@ -236,6 +245,8 @@ def figure(results: dict, path: str) -> None:
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], before, 0.4, label="before (17a39b1) / torchattacks loop")
     ax.bar([x + 0.2 for x in xs], after, 0.4, label="this code")
+    floor = results["mnist_stage"]["cpu_seconds"]["floor"]
+    ax.bar([0.2], [floor], 0.4, fill=False, hatch="//", label="this code without the attack rows (mnist suite)")
     for x, b, a in zip(xs, before, after):
         ax.text(x + 0.2, a, f"{a / b:.2f}x", ha="center", va="bottom", fontsize=9)
     ax.set_xticks(list(xs), labels)
@@ -300,7 +311,8 @@ def main():
     print(
         f"\nmnist suite (default run stage): before {stage['cpu_seconds']['before']:.1f} s, after "
         f"{stage['cpu_seconds']['after']:.1f} s CPU, ratio {stage['ratio']:.2f}; clean/FGSM/corruption identical: "
-        f"{stage['clean_fgsm_corruption_identical']}, PGD not higher: {stage['pgd_not_higher']}"
+        f"{stage['clean_fgsm_corruption_identical']}, PGD not higher: {stage['pgd_not_higher']}; without its attack "
+        f"rows {stage['cpu_seconds']['floor']:.1f} s CPU, {stage['floor_ratio']:.2f} of before"
     )
     for name, entry in results["attacks_suite"].items():
         print(

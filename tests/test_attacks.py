@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_nullspace.robustness.attacks import ATTACKS, cw_l2, fgsm, patch_fool, pgd, run_attack
-from hf_nullspace.robustness.model import PixelSpaceClassifier
+from hf_nullspace.robustness.model import PixelSpaceClassifier, tiled_convolution_gradients
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 EPS_LINF, EPS_L2 = 8 / 255, 1.0  # L2 0.5 fools none of the 48 images once the model trains with dropout
@@ -129,6 +129,38 @@ def test_label_subset_restricts_logits(tiny_vit):
     assert restricted.to_subset_labels(torch.tensor([5, 7, 2])).tolist() == [2, 0, 1]
     with pytest.raises(ValueError, match="not in `label_subset`"):
         restricted.to_subset_labels(torch.tensor([3]))
+
+
+def test_tiled_convolution_gradients_match_the_convolution_backward():
+    """A patch embedding (stride = kernel) on an image its patches do not cover to the edge: same output, same input
+    gradient (zero on the uncovered edge); other convolutions and trainable ones are left alone."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Conv2d(8, 5, 2, stride=1))
+    model.requires_grad_(False)
+    images, weights = torch.rand(6, 3, 18, 18), torch.randn(6, 5, 3, 3)
+
+    def output_and_gradient():
+        x = images.clone().requires_grad_(True)
+        out = model(x)
+        return out.detach(), torch.autograd.grad((out * weights).sum(), x)[0]
+
+    reference = output_and_gradient()
+    with tiled_convolution_gradients(model):
+        assert "forward" in vars(model[0]) and "forward" not in vars(model[1])
+        tiled = output_and_gradient()
+    assert torch.equal(tiled[0], reference[0])
+    torch.testing.assert_close(tiled[1], reference[1], rtol=1e-5, atol=1e-7)
+    assert (tiled[1][..., 16:, :] == 0).all() and (tiled[1][..., 16:] == 0).all()
+    assert reference[1].abs().sum() > 0
+    assert "forward" not in vars(model[0])  # restored
+    model[0].weight.requires_grad_(True)
+    with tiled_convolution_gradients(model):
+        assert "forward" not in vars(model[0])  # a trainable convolution keeps its own backward
+    model[0].weight.requires_grad_(False)
+    model[0].forward = hooked = model[0].forward  # e.g. accelerate's device hook
+    with tiled_convolution_gradients(model):
+        assert vars(model[0])["forward"] is hooked
+    assert vars(model[0])["forward"] is hooked
 
 
 @pytest.mark.parametrize("adversarial", CASE_PARAMS, indirect=True)

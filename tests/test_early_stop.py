@@ -2,6 +2,7 @@
 rows: robust here implies robust under the independent implementations, and FGSM and corruption rows are unchanged."""
 
 import os
+from collections import defaultdict
 
 import pytest
 import torch
@@ -179,6 +180,7 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
         lambda self, x, y, keys, g=None: attacked.append(list(keys)) or real_put(self, x, y, keys, g),
     )
     report = evaluate_robustness({"m": model}, processor, suite=suite, batch_size=16, seed=5, progress=False)
+    pgd_keys = [key for entry in attacked if isinstance(entry, list) for key in entry]
 
     _, transform = transforms_from_image_processor(processor, normalize=False)
     rows = load_dataset("parquet", data_files=os.path.join(digits, "test.parquet"), split="train")
@@ -187,16 +189,16 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
     clean = _predict(classifier, images) == labels
     wrong = (~clean).nonzero().squeeze(1).tolist()
     assert wrong  # the check below is not vacuous
-    pgd_keys = [key for entry in attacked if isinstance(entry, list) for key in entry]
-    assert sorted(pgd_keys) == clean.nonzero().squeeze(1).tolist()  # clean errors are never attacked
     per_batch = [int(clean[i : i + 16].sum()) for i in range(0, 64, 16)]
     assert [n for n in attacked if isinstance(n, int)] == [n for n in per_batch for _ in range(2)]  # per FGSM row
 
     old = {"clean": int(clean.sum()), "fgsm": 0, "fgsm2": 0, "pgd": 0, "contrast": 0, "noise": 0}
+    fgsm2_robust = []
     for batch, start in enumerate(range(0, 64, 16)):
         x, y = images[start : start + 16], labels[start : start + 16]
         old["fgsm"] += int((_predict(classifier, fgsm(classifier, x, y, 0.1)) == y).sum())
-        old["fgsm2"] += int((_predict(classifier, fgsm(classifier, x, y, 0.05)) == y).sum())
+        fgsm2_robust += (_predict(classifier, fgsm(classifier, x, y, 0.05)) == y).tolist()
+        old["fgsm2"] += sum(fgsm2_robust[start:])
         generators = [
             torch.Generator().manual_seed(evaluate_module._example_seed(5, i)) for i in range(start, start + 16)
         ]
@@ -208,3 +210,52 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
     unchanged = ("clean", "fgsm", "fgsm2", "contrast", "noise")
     assert {k: new[k] for k in unchanged} == {k: old[k] for k in unchanged}
     assert new["pgd"] <= old["pgd"]
+    # clean errors are never attacked, nor (nested budgets) the examples FGSM broke at the same budget
+    assert sorted(pgd_keys) == [i for i in range(64) if clean[i] and fgsm2_robust[i]]
+    assert len(pgd_keys) < int(clean.sum())  # the check is not vacuous
+
+
+def test_nested_budgets_count_an_example_broken_below_as_broken_and_do_not_attack_it(digits, monkeypatch):
+    """PGD at 0.05 takes only the examples that FGSM at 0.05 and PGD at 0.02 left unbroken, whatever the suite's
+    order; every other row is what it is without the rows below it, example by example."""
+    path = os.path.join(ASSETS, "vit-tiny-mnist")
+    model, processor = load_classifier(path).eval(), AutoImageProcessor.from_pretrained(path)
+    data = spec_from_source(digits, split="test", name="digits", num_classes=10)
+
+    def row(attack, epsilon):
+        params = (
+            {"epsilon": epsilon} if attack == "fgsm" else {"epsilon": epsilon, "step_size": epsilon / 4, "steps": 4}
+        )
+        return Evaluation(f"{attack}@{epsilon}", group="attack", attack=attack, params=tuple(params.items()))
+
+    real_put, real_record = EarlyStopQueue.put, evaluate_module._Nesting.record
+
+    def run(rows):
+        put, verdicts = defaultdict(list), defaultdict(dict)
+
+        def logged_put(self, x, y, keys, g=None):
+            put[self.attack.epsilon] += list(keys)
+            return real_put(self, x, y, keys, g)
+
+        def logged_record(self, m, evaluation, keys, robust):
+            verdicts[evaluation].update(zip(keys, robust))
+            return real_record(self, m, evaluation, keys, robust)
+
+        monkeypatch.setattr(EarlyStopQueue, "put", logged_put)
+        monkeypatch.setattr(evaluate_module._Nesting, "record", logged_record)
+        suite = Suite("check", [Evaluation("clean"), *rows], data)
+        report = evaluate_robustness({"m": model}, processor, suite=suite, batch_size=16, seed=5, progress=False)
+        return report, put, verdicts
+
+    nested, put, verdicts = run([row("pgd", 0.05), row("fgsm", 0.1), row("fgsm", 0.05), row("pgd", 0.02)])
+    alone = {name: run([r]) for name, r in (("pgd@0.05", row("pgd", 0.05)), ("pgd@0.02", row("pgd", 0.02)))}
+    # robust at every row of budget <= 0.05 but PGD at 0.05 itself
+    robust_below = {k for k, r in verdicts["pgd@0.02"].items() if r and verdicts["fgsm@0.05"][k]}
+    assert sorted(put[0.05]) == sorted(robust_below)
+    assert sorted(put[0.02]) == sorted(alone["pgd@0.02"][1][0.02])  # nothing below 0.02: every clean-correct example
+    assert 0 < len(robust_below) < len(verdicts["pgd@0.02"])  # the nesting skipped some examples, not all
+    alone_robust = alone["pgd@0.05"][2]["pgd@0.05"]
+    assert verdicts["pgd@0.05"] == {k: alone_robust[k] and k in robust_below for k in alone_robust}
+    assert nested.value("m", "pgd@0.05") <= alone["pgd@0.05"][0].value("m", "pgd@0.05")
+    for name in ("clean", "pgd@0.02"):  # the smallest PGD budget has nothing below it
+        assert nested.value("m", name) == alone["pgd@0.02"][0].value("m", name)

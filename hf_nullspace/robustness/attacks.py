@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..classifier import frozen_eval_mode
-from .model import PixelSpaceClassifier
+from .model import PixelSpaceClassifier, tiled_convolution_gradients
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -70,7 +70,7 @@ def _flat_norm(x: torch.Tensor) -> torch.Tensor:
 def loss_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Gradient of the summed cross-entropy with respect to the images, in frozen eval mode (FGSM's direction: one
     gradient serves every budget)."""
-    with frozen_eval_mode(model):
+    with frozen_eval_mode(model), tiled_convolution_gradients(model):
         return _input_gradient(model, images, labels)
 
 
@@ -244,7 +244,7 @@ class EarlyStopQueue:
         if not len(keys):  # e.g. a batch without a clean-correct example
             return
         _check_images(images)
-        with frozen_eval_mode(self.model), self.attack.context(self.model):
+        with frozen_eval_mode(self.model), tiled_convolution_gradients(self.model), self.attack.context(self.model):
             state = self.attack.start(self.model, images.detach(), labels, generator)
         state["queue_steps"] = torch.zeros(len(keys), dtype=torch.long, device=images.device)
         self._waiting.append((state, list(keys)))
@@ -276,7 +276,7 @@ class EarlyStopQueue:
             whether each is robust (no evaluated iterate misclassified it) and its adversarial image.
         """
         done = []
-        with frozen_eval_mode(self.model), self.attack.context(self.model):
+        with frozen_eval_mode(self.model), tiled_convolution_gradients(self.model), self.attack.context(self.model):
             while True:
                 self._admit()
                 if not self._keys or (len(self._keys) < self.batch_size and not drain):

@@ -494,6 +494,7 @@ def _score_source(
         for _, classifiers in pipelines.values()
         for name, classifier in classifiers.items()
     }
+    nesting = _Nesting(evaluations, selections, queues, correct)
 
     def flush(evaluation: Evaluation) -> None:
         buffer = buffers[evaluation.name]
@@ -508,7 +509,7 @@ def _score_source(
                 device,
                 bf16,
                 clean_hits,
-                queues,
+                nesting,
                 gradients,
             )
         buffer["rows"] = []
@@ -553,14 +554,13 @@ def _score_source(
             buffer["rows"].append((dict(tensors), label, index))
     for evaluation in evaluations:
         flush(evaluation)
-    for key, queue in queues.items():  # the examples still in the queues
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            correct[key] += sum(int(robust.sum()) for _, robust, _ in queue.run(drain=True))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        nesting.run(drain=True)  # the examples still waiting or in the queues
     return correct, stats, {"process_index": rank, **reads.as_dict()}
 
 
 def _score_batch(
-    evaluation, batch, rows, pipelines, correct, seed, device, bf16, clean_hits, queues, gradients
+    evaluation, batch, rows, pipelines, correct, seed, device, bf16, clean_hits, nesting, gradients
 ) -> None:
     labels = torch.tensor([label for _, label, _ in rows], dtype=torch.long, device=device)
     indices = [index for _, _, index in rows]
@@ -578,17 +578,8 @@ def _score_batch(
                         clean_hits.update(zip(((name, i) for i in indices), hits.tolist()))
                     correct[(name, evaluation.name)] += int(hits.sum())
                 else:
-                    correct[(name, evaluation.name)] += _attacked(
-                        classifier,
-                        images,
-                        labels,
-                        evaluation,
-                        seed,
-                        indices,
-                        _clean(classifier, name, images, labels, indices, clean_hits),
-                        queues.get((name, evaluation.name)),
-                        gradients,
-                    )
+                    clean = _clean(classifier, name, images, labels, indices, clean_hits)
+                    _attacked(name, classifier, images, labels, evaluation, seed, indices, clean, nesting, gradients)
 
 
 def _clean(classifier, name, images, labels, indices, clean_hits) -> torch.Tensor:
@@ -601,19 +592,21 @@ def _clean(classifier, name, images, labels, indices, clean_hits) -> torch.Tenso
     return torch.tensor([clean_hits[(name, i)] for i in indices], dtype=torch.bool, device=images.device)
 
 
-def _attacked(classifier, images, labels, evaluation: Evaluation, seed: int, indices, clean, queue, gradients) -> int:
-    """Robust hits among the clean-correct images (the others are errors and are not attacked). Iterative attacks
-    run through the evaluation's `EarlyStopQueue` (hits counted as examples leave it, maybe in a later batch)."""
+def _attacked(name, classifier, images, labels, evaluation: Evaluation, seed, indices, clean, nesting, gradients):
+    """Attacks the clean-correct images (the others are errors and are not attacked) and counts the robust ones in
+    `nesting.correct`. Iterative attacks go through `nesting` to their `EarlyStopQueue` (hits counted as examples
+    leave it, maybe in a later batch)."""
     images, labels = images[clean], labels[clean]
     indices = [i for i, keep in zip(indices, clean.tolist()) if keep]
     params = evaluation.kwargs
     if evaluation.attack in _SEEDED_ATTACKS:
         params["generator"] = [torch.Generator().manual_seed(_example_seed(seed, i)) for i in indices]
-    if queue is not None:
-        queue.put(images, labels, indices, params.get("generator"))
-        return sum(int(robust.sum()) for _, robust, _ in queue.run())
+    if (name, evaluation.name) in nesting.queues:
+        nesting.put(name, evaluation.name, images, labels, indices, params.get("generator"))
+        nesting.run()
+        return
     if not indices:
-        return 0
+        return
     if evaluation.attack == "fgsm":  # the FGSM rows of a batch (one per budget) share the gradient
         rows = (indices, evaluation.corruption, evaluation.severity)
         cached, gradient = gradients.get(id(classifier), (None, None))
@@ -623,7 +616,101 @@ def _attacked(classifier, images, labels, evaluation: Evaluation, seed: int, ind
         params["gradient"] = gradient
     attacked = run_attack(evaluation.attack, classifier, images, labels, **params)
     with torch.inference_mode():
-        return int((classifier(attacked).argmax(-1) == labels).sum())
+        robust = classifier(attacked).argmax(-1) == labels
+    nesting.record(name, evaluation.name, indices, robust.tolist())
+
+
+def _ball(evaluation: Evaluation) -> tuple[str, float] | None:
+    """`(norm, budget)` of an attack whose adversarials lie in a norm ball around the image (FGSM, PGD, PGD-L2)."""
+    if evaluation.attack == "fgsm":
+        return "linf", evaluation.kwargs["epsilon"]
+    if evaluation.attack in ("pgd", "pgd_l2"):
+        norm = "l2" if evaluation.attack == "pgd_l2" else evaluation.kwargs.get("norm", "linf")
+        return norm, evaluation.kwargs["epsilon"]
+    return None
+
+
+class _Nesting:
+    """
+    Nested budgets, and the attack rows' hits. An adversarial found inside a ball of budget e' is inside every larger
+    ball of the same norm: an example that an FGSM or PGD row of the source broke at budget e' counts as broken in
+    every PGD row of that norm at a budget e >= e', without being attacked there. So a PGD row takes an example only
+    once every row below it (same norm, budget <= e, the same selected rows) has its verdict: PGD rows run from the
+    smallest budget up. FGSM rows attack every clean-correct example, as without nesting (their rows are unchanged).
+
+    Args:
+        evaluations (`list[Evaluation]`): the source's evaluations, in suite order.
+        selections (`Mapping[str, _Selection]`): the rows each reads.
+        queues (`Mapping[tuple[str, str], EarlyStopQueue]`): the `(model, evaluation)` early-stop queues.
+        correct (`Counter`): robust hits per `(model, evaluation)`, counted here.
+    """
+
+    def __init__(self, evaluations, selections, queues, correct):
+        balls = {e.name: _ball(e) for e in evaluations if _ball(e) is not None}
+        order = {
+            e.name: (balls[e.name][1], e.attack != "fgsm", i) for i, e in enumerate(evaluations) if e.name in balls
+        }
+        # rows whose verdicts an iterative row waits for: same norm, smaller budget (FGSM first at an equal one)
+        self.below = {
+            e.name: [
+                d
+                for d in balls
+                if balls[d][0] == balls[e.name][0]
+                and order[d] < order[e.name]
+                and selections[d].cap == selections[e.name].cap
+            ]
+            for e in evaluations
+            if e.name in balls and e.attack in ITERATIVE_ATTACKS
+        }
+        # queues in the order their examples are released: smallest budget first
+        rank = {e.name: order.get(e.name, (float("inf"), True, i)) for i, e in enumerate(evaluations)}
+        self.queues = dict(sorted(queues.items(), key=lambda item: rank[item[0][1]]))
+        self.correct = correct
+        self.known: dict[tuple[str, str], set] = defaultdict(set)  # (model, row) -> examples with a verdict
+        self.broken: dict[tuple[str, str], set] = defaultdict(set)  # (model, row) -> examples it broke
+        self.waiting: dict[tuple[str, str], list] = defaultdict(list)  # (model, row) -> queued entries
+
+    def record(self, model: str, evaluation: str, keys, robust) -> None:
+        """The verdicts of one row on `keys` (`robust`: booleans), counted as hits."""
+        self.correct[(model, evaluation)] += sum(robust)
+        self.known[(model, evaluation)].update(keys)
+        self.broken[(model, evaluation)].update(key for key, flag in zip(keys, robust) if not flag)
+
+    def put(self, model: str, evaluation: str, images, labels, keys, generator) -> None:
+        if keys:
+            self.waiting[(model, evaluation)].append((images, labels, list(keys), generator))
+
+    def _release(self, model: str, evaluation: str, queue, drain: bool) -> None:
+        """Moves the waiting examples whose rows below have all decided into the queue, or, when one of them broke
+        the example, straight to broken (`drain`: every waiting example; the rows below have drained before)."""
+        below = [(model, d) for d in self.below.get(evaluation, ())]
+        entries, self.waiting[(model, evaluation)] = self.waiting[(model, evaluation)], []
+        for images, labels, keys, generator in entries:
+            ready = [drain or all(k in self.known[b] for b in below) for k in keys]
+            broken = [r and any(k in self.broken[b] for b in below) for k, r in zip(keys, ready)]
+            attack = [r and not b for r, b in zip(ready, broken)]
+            self.record(model, evaluation, [k for k, b in zip(keys, broken) if b], [False] * sum(broken))
+            for part, keep in ((attack, True), ([not r for r in ready], False)):
+                if not any(part):
+                    continue
+                mask = torch.tensor(part, device=images.device)
+                chosen = (
+                    images[mask],
+                    labels[mask],
+                    [k for k, p in zip(keys, part) if p],
+                    None if generator is None else [g for g, p in zip(generator, part) if p],
+                )
+                if keep:
+                    queue.put(*chosen)
+                else:
+                    self.waiting[(model, evaluation)].append(chosen)
+
+    def run(self, drain: bool = False) -> None:
+        """Releases waiting examples and steps the queues, smallest budget first (`drain`: to the last example)."""
+        for (model, evaluation), queue in self.queues.items():
+            self._release(model, evaluation, queue, drain)
+            for keys, robust, _ in queue.run(drain=drain):
+                self.record(model, evaluation, keys, robust.tolist())
 
 
 def _gather_reads(reads: dict, world: int) -> list[dict]:

@@ -4,6 +4,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..patch_inputs import PatchInputs
@@ -161,3 +162,62 @@ class PixelSpaceClassifier(nn.Module):
         if not attentions:
             raise ValueError(f"{type(self.model).__name__} returns no attentions: a ViT-family model is required.")
         return self._restrict(outputs.logits), tuple(attentions)
+
+
+class _TiledConvolution(torch.autograd.Function):
+    """A frozen convolution whose kernel tiles the image (stride = kernel size, no padding), as the patch embedding of
+    a ViT: the forward is the convolution itself; the input gradient is one matrix product, each pixel lying in one
+    patch (on CPU, PyTorch's convolution backward is about 10x slower for this shape; the result is the same sums)."""
+
+    @staticmethod
+    def forward(ctx, images, weight, bias):
+        ctx.save_for_backward(weight)
+        ctx.shape, ctx.dtype = images.shape, images.dtype
+        return F.conv2d(images, weight, bias, stride=weight.shape[-2:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        batch, channels, height, width = ctx.shape
+        out_channels, _, kernel_h, kernel_w = weight.shape
+        grid_h, grid_w = grad.shape[-2:]
+        columns = grad.permute(0, 2, 3, 1).reshape(-1, out_channels) @ weight.to(grad.dtype).reshape(out_channels, -1)
+        images = columns.view(batch, grid_h, grid_w, channels, kernel_h, kernel_w).permute(0, 3, 1, 4, 2, 5)
+        images = images.reshape(batch, channels, grid_h * kernel_h, grid_w * kernel_w)
+        images = F.pad(images, (0, width - grid_w * kernel_w, 0, height - grid_h * kernel_h))
+        return images.to(ctx.dtype), None, None
+
+
+def _tiles(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Conv2d
+        and tuple(module.stride) == tuple(module.kernel_size)
+        and module.padding in ((0, 0), "valid")
+        and tuple(module.dilation) == (1, 1)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+    )
+
+
+@contextmanager
+def tiled_convolution_gradients(model: nn.Module) -> Iterator[None]:
+    """
+    Within the block, the frozen convolutions of `model` whose kernel tiles the image (a ViT's patch embedding) take
+    their input gradient on CPU as one matrix product (`_TiledConvolution`); the forward is unchanged. Attacks run
+    under it: most of a CPU attack step's convolution time was PyTorch's backward of the patch embedding.
+    """
+    # modules whose forward is already replaced on the instance (accelerate's device hooks) are left alone
+    patched = [m for m in model.modules() if _tiles(m) and not m.weight.requires_grad and "forward" not in vars(m)]
+    for module in patched:
+
+        def forward(images, module=module):
+            if images.device.type != "cpu" or not torch.is_grad_enabled():
+                return type(module).forward(module, images)
+            return _TiledConvolution.apply(images, module.weight, module.bias)
+
+        module.forward = forward
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
