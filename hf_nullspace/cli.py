@@ -53,6 +53,7 @@ def _evaluate(args, rest):
             token=args.token,
             remap_labels=args.remap_labels,
             bf16=args.bf16,
+            workers=args.workers,
         )
         if process_group()[0] == 0:
             figures = report.save(args.output_dir)
@@ -191,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the subsets, attacks and corruptions")
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: this process's GPU if any)")
+    evaluate.add_argument(
+        "--workers",
+        type=int,
+        help="lanes (threads) each process scores its batches in; the report does not depend on it (default: on a "
+        "CPU, the cores torch's threads leave idle; on a GPU 1)",
+    )
     evaluate.add_argument("--output-dir", default="robustness-report", help="where the report and figures go")
     evaluate.add_argument(
         "--push-results",

@@ -172,6 +172,13 @@ class DataTrainingArguments:
     robustness_bf16: bool = field(
         default=False, metadata={"help": "Run the robustness evaluation under bfloat16 autocast (GPUs)."}
     )
+    robustness_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Lanes (threads) each process scores its robustness batches in; the report does not depend on "
+            "it. Default: on a CPU, the cores this process has that torch's threads leave idle; on a GPU 1."
+        },
+    )
 
 
 @dataclass
@@ -545,6 +552,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> RunResults |
             token=model_args.token,
             remap_labels=data_args.robustness_remap_labels,
             bf16=data_args.robustness_bf16,
+            workers=data_args.robustness_workers,
             progress=not training_args.disable_tqdm,
             resolved_sources=resolved,
         )

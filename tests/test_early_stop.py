@@ -179,7 +179,10 @@ def test_evaluation_attacks_only_clean_correct_rows_and_keeps_fgsm_and_corruptio
         "put",
         lambda self, x, y, keys, g=None: attacked.append(list(keys)) or real_put(self, x, y, keys, g),
     )
-    report = evaluate_robustness({"m": model}, processor, suite=suite, batch_size=16, seed=5, progress=False)
+    # one lane: the attacks are logged in the order of the batches
+    report = evaluate_robustness(
+        {"m": model}, processor, suite=suite, batch_size=16, seed=5, progress=False, workers=1
+    )
     pgd_keys = [key for entry in attacked if isinstance(entry, list) for key in entry]
 
     _, transform = transforms_from_image_processor(processor, normalize=False)

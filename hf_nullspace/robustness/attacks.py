@@ -16,6 +16,7 @@ its first misclassified iterate and the next example takes its place in the work
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -722,6 +723,9 @@ def patch_fool(
     return _run_iterative(attack, model, images, labels, generator)
 
 
+_GLOBAL_RNG = threading.Lock()  # held while AutoAttack draws from the global RNG
+
+
 def autoattack(
     model: nn.Module,
     images: torch.Tensor,
@@ -737,7 +741,7 @@ def autoattack(
 
     The `"standard"` version runs APGD-CE, APGD-T, FAB-T and Square (5,000 queries) in sequence on the examples still
     correctly classified. AutoAttack seeds the global RNG; it runs inside `torch.random.fork_rng`, so the caller's RNG
-    state is unchanged.
+    state is unchanged, and one call at a time in a process (lanes of `evaluate_robustness` share that RNG).
 
     Args:
         model (`nn.Module`):
@@ -768,7 +772,7 @@ def autoattack(
         ) from error
     _check_images(images)
     devices = [images.device] if images.device.type == "cuda" else []
-    with frozen_eval_mode(model), torch.random.fork_rng(devices=devices):
+    with _GLOBAL_RNG, frozen_eval_mode(model), torch.random.fork_rng(devices=devices):
         adversary = AutoAttack(
             model,
             eps=epsilon,

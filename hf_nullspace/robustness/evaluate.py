@@ -15,15 +15,25 @@ rows each process read and decoded. The hits are summed over processes after eac
 source, so every process returns the same report, equal to the one-process report: attacks draw their random starts
 per example (from the seed and the row's index) and on-the-fly corruptions per batch (from the seed and the batch's
 number), never from the process.
+
+On a CPU, a process scores its batches in `workers` lanes: threads that take the batches in turn, each with its own
+copy of every model's modules (the parameters are shared), while the process's thread reads and decodes the rows,
+each once as before. Lanes change the order in which batches are scored, never what an example gets, so the report
+is the same whatever their number. By default a process has as many lanes as it has cores that PyTorch's own threads
+leave idle (`accelerate launch` gives each process one thread), and PyTorch's threads are divided among the lanes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import logging
 import os
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import torch
@@ -104,6 +114,28 @@ def process_group() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def evaluation_workers(device: str | torch.device, workers: int | None = None) -> int:
+    """The lanes (threads) a process scores its share in: `workers` when given, else on a CPU the cores this process
+    may use (its CPU affinity divided by `LOCAL_WORLD_SIZE`, the processes of this machine) that PyTorch's own
+    `torch.get_num_threads()` threads leave idle, at least 1; on a GPU 1."""
+    if workers is not None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"`workers` must be a positive integer (1: no lanes), got {workers!r}.")
+        return workers
+    if torch.device(device).type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // torch.get_num_threads())
+
+
+def _lane_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s modules and config sharing its parameters and buffers: a lane can switch its attention
+    implementation or patch its modules' forwards (attacks do both) without touching the other lanes."""
+    memo = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
 
 
 def label_plan(spec, config, data_names=None, remap: bool = False) -> list[int] | None:
@@ -318,6 +350,7 @@ def evaluate_robustness(
     bf16: bool = False,
     distributed: bool | None = None,
     resolved_sources: Mapping | None = None,
+    workers: int | None = None,
 ) -> RobustnessReport:
     """
     Scores one model or several side by side on a robustness suite.
@@ -354,6 +387,10 @@ def evaluate_robustness(
         resolved_sources (`Mapping[str, ResolvedSource]`, *optional*): the outcome of `resolve_sources` for every
             source of `suite`, when the caller checked them already (the main job does, before training): used as it
             is, nothing is resolved again. By default every source is resolved here, before any work.
+        workers (`int`, *optional*): lanes (threads) this process scores its share in, each with the process's torch
+            threads divided among them, while this thread reads and decodes the rows; the report does not depend on
+            it. By default, on a CPU, the cores of this process that torch's threads leave idle
+            (`evaluation_workers`), on a GPU 1.
 
     Returns:
         [`RobustnessReport`]: `to_dict()`, `to_markdown()`, `save(output_dir)` (JSON, Markdown, PNG figures).
@@ -389,6 +426,7 @@ def evaluate_robustness(
     device = torch.device(device)
     if bf16 and device.type != "cuda":
         logger.warning("bf16 autocast on %s: supported, but meant for GPUs (slow on most CPUs).", device)
+    lanes = evaluation_workers(device, workers)
     loaded = {name: _load(model, image_processor, token) for name, model in named.items()}
     for model, _, _ in loaded.values():
         model.to(device)
@@ -400,6 +438,10 @@ def evaluate_robustness(
     with contextlib.ExitStack() as frozen:
         for model, _, _ in loaded.values():
             frozen.enter_context(frozen_eval_mode(model))
+        lane_models = [loaded] + [
+            {name: (_lane_copy(model), processor, path) for name, (model, processor, path) in loaded.items()}
+            for _ in range(lanes - 1)
+        ]
         report = RobustnessReport(suite=suite.name, models={name: path for name, (_, _, path) in loaded.items()})
         report.num_processes = world
         # per source, per process: {"process_index", "rows_read", "rows_decoded"} (see `_Share`)
@@ -420,7 +462,7 @@ def evaluate_robustness(
                 opened,
                 evaluations,
                 selections,
-                loaded,
+                lane_models,
                 plans,
                 batch_size,
                 seed,
@@ -443,6 +485,115 @@ def evaluate_robustness(
     return report
 
 
+class _Lane:
+    """The scoring state of one lane of a source: its copies of the models (as classifiers, per input pipeline), and
+    its hits, clean verdicts, FGSM gradients and early-stop queues. A lane scores its batches in the order it gets
+    them; every row of a batch of any evaluation is scored in the same lane (see `_Lanes.lane_of`)."""
+
+    def __init__(self, loaded, spec, plans, source, evaluations, selections, batch_size, seed, device, bf16):
+        # models sharing an input pipeline share one transform of each decoded image
+        self.pipelines: dict[tuple, tuple] = {}
+        for name, (model, processor, _) in loaded.items():
+            _, transform = transforms_from_image_processor(processor, normalize=False)
+            if spec.image_size is not None:
+                transform = precropped_transform(transform)
+            entry = self.pipelines.setdefault(transform.geometry, (transform, {}))
+            entry[1][name] = PixelSpaceClassifier.from_image_processor(
+                model, processor, label_subset=plans[(name, source)]
+            ).to(device)
+        self.seed, self.device, self.bf16 = seed, device, bf16
+        self.correct: Counter = Counter()
+        # the clean forward's verdict per (model, row), and one early-stop queue per (model, iterative attack)
+        self.clean_hits: dict[tuple[str, int], bool] = {}
+        self.gradients: dict = {}  # per model, FGSM's gradient on the last batch of rows it attacked
+        queues = {
+            (name, e.name): EarlyStopQueue(
+                ITERATIVE_ATTACKS[e.attack](**e.kwargs, early_stop=True), classifier, batch_size=batch_size
+            )
+            for e in evaluations
+            if e.attack in ITERATIVE_ATTACKS
+            for _, classifiers in self.pipelines.values()
+            for name, classifier in classifiers.items()
+        }
+        self.nesting = _Nesting(evaluations, selections, queues, self.correct)
+
+    def score(self, evaluation: Evaluation, batch: int, rows: list) -> None:
+        _score_batch(
+            evaluation,
+            batch,
+            rows,
+            self.pipelines,
+            self.correct,
+            self.seed,
+            self.device,
+            self.bf16,
+            self.clean_hits,
+            self.nesting,
+            self.gradients,
+        )
+
+    def drain(self) -> None:
+        """Scores the examples still waiting or in the queues."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            self.nesting.run(drain=True)
+
+
+class _Lanes:
+    """Runs each lane's work in order on a thread of its own (in the calling thread when there is one lane), with at
+    most `backlog` batches waiting per lane, so that decoded images do not pile up ahead of the scoring (the batches of
+    the evaluations that read the same rows share their images: a source's evaluations times 2 keeps about two batches
+    of rows per lane in memory). The batches
+    of an evaluation that the process scores go to the lanes in turn (batch `b` to lane `(b // stride) % lanes`,
+    `stride` being the number of processes when they take batches in turn, else 1); the batches of equal-capped
+    evaluations hold the same rows, so an attack row finds the clean verdicts and the nested rows' verdicts of its rows
+    in its own lane."""
+
+    def __init__(self, lanes: list[_Lane], stride: int = 1, backlog: int = 2):
+        self.lanes, self.stride = lanes, stride
+        self.pools = (
+            [ThreadPoolExecutor(1, thread_name_prefix="robustness-lane") for _ in lanes] if len(lanes) > 1 else []
+        )
+        self.slots = [threading.Semaphore(backlog) for _ in lanes]
+        self.errors: list[BaseException] = []
+
+    def lane_of(self, batch: int) -> int:
+        return (batch // self.stride) % len(self.lanes)
+
+    def submit(self, lane: int, function, *args) -> None:
+        if not self.pools:
+            function(*args)
+            return
+        self._check()  # a lane's failure stops the reading at once
+        self.slots[lane].acquire()
+
+        def task():
+            try:
+                function(*args)
+            except BaseException as error:
+                self.errors.append(error)
+                raise
+            finally:
+                self.slots[lane].release()
+
+        self.pools[lane].submit(task)
+
+    def _check(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def finish(self) -> None:
+        """Drains every lane and waits for all their work (re-raising the first failure)."""
+        for lane, state in enumerate(self.lanes):
+            self.submit(lane, state.drain)
+        for pool in self.pools:
+            pool.shutdown(wait=True)
+        self._check()
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _score_source(
     suite,
     source,
@@ -450,7 +601,7 @@ def _score_source(
     opened,
     evaluations,
     selections,
-    loaded,
+    lane_models,
     plans,
     batch_size,
     seed,
@@ -460,17 +611,12 @@ def _score_source(
     world,
     progress,
 ):
-    # models sharing an input pipeline share one transform of each decoded image
-    pipelines: dict[tuple, tuple] = {}
-    for name, (model, processor, _) in loaded.items():
-        _, transform = transforms_from_image_processor(processor, normalize=False)
-        if spec.image_size is not None:
-            transform = precropped_transform(transform)
-        entry = pipelines.setdefault(transform.geometry, (transform, {}))
-        entry[1][name] = PixelSpaceClassifier.from_image_processor(
-            model, processor, label_subset=plans[(name, source)]
-        ).to(device)
-
+    """Reads this process's share of a source, decoding each row once, and scores its batches in the lanes."""
+    lanes = [
+        _Lane(models, spec, plans, source, evaluations, selections, batch_size, seed, device, bf16)
+        for models in lane_models
+    ]
+    transforms = {geometry: transform for geometry, (transform, _) in lanes[0].pipelines.items()}
     last = [selections[e.name].last for e in evaluations]
     read_limit = None if any(limit is None for limit in last) else max(last)
     share = _Share(selections, batch_size, rank, world)
@@ -480,82 +626,67 @@ def _score_source(
     if not share.blocks and read_limit is not None:
         stop = read_limit
     buffers: dict[str, dict] = {e.name: {"batch": None, "rows": []} for e in evaluations}
-    correct: Counter = Counter()
     stats = {e.name: _stats() for e in evaluations}
-    # the clean forward's verdict per (model, row), and one early-stop queue per (model, iterative attack)
-    clean_hits: dict[tuple[str, int], bool] = {}
-    gradients: dict = {}  # per model, FGSM's gradient on the last batch of rows it attacked
-    queues = {
-        (name, e.name): EarlyStopQueue(
-            ITERATIVE_ATTACKS[e.attack](**e.kwargs, early_stop=True), classifier, batch_size=batch_size
-        )
-        for e in evaluations
-        if e.attack in ITERATIVE_ATTACKS
-        for _, classifiers in pipelines.values()
-        for name, classifier in classifiers.items()
-    }
-    nesting = _Nesting(evaluations, selections, queues, correct)
+    threads = torch.get_num_threads()
+    if len(lanes) > 1:  # the torch threads that a lane starts take the number set here
+        torch.set_num_threads(max(1, threads // len(lanes)))
+    scoring = _Lanes(lanes, stride=1 if share.blocks else world, backlog=2 * len(evaluations))
 
     def flush(evaluation: Evaluation) -> None:
         buffer = buffers[evaluation.name]
         if buffer["rows"]:
-            _score_batch(
-                evaluation,
-                buffer["batch"],
-                buffer["rows"],
-                pipelines,
-                correct,
-                seed,
-                device,
-                bf16,
-                clean_hits,
-                nesting,
-                gradients,
-            )
+            lane = scoring.lane_of(buffer["batch"])
+            scoring.submit(lane, lanes[lane].score, evaluation, buffer["batch"], buffer["rows"])
         buffer["rows"] = []
 
     rows = iter_row_range(opened.rows, start, stop, reads)
     total = stop - start if stop is not None else None  # the rows this process reads
     rows = tqdm(rows, desc=f"{suite.name}: {source}", unit="row", total=total, disable=not progress)
-    for index, row in rows:
-        owned = []
-        for evaluation in evaluations:
-            selection = selections[evaluation.name]
-            if index in selection:
-                batch = selection.position(index) // batch_size
-                if share.owns(evaluation.name, batch):
-                    owned.append((evaluation, batch))
-        if not owned:
-            continue
-        reads.passed += 1
-        image, label, kind, converted = read_row(
-            [row[column] for column in opened.image_columns],
-            row[opened.label_column],
-            spec.num_classes,
-            opened.label_fn,
-        )
-        tensors = {}
-        for evaluation, batch in owned:
-            record = stats[evaluation.name]
-            record["seen"] += 1
-            if kind is not None:
-                record["counts"][kind] += 1
+    try:
+        for index, row in rows:
+            owned = []
+            for evaluation in evaluations:
+                selection = selections[evaluation.name]
+                if index in selection:
+                    batch = selection.position(index) // batch_size
+                    if share.owns(evaluation.name, batch):
+                        owned.append((evaluation, batch))
+            if not owned:
                 continue
-            record["kept"] += 1
-            if converted is not None:
-                record["counts"][f"converted_{converted}"] += 1
-            buffer = buffers[evaluation.name]
-            if buffer["batch"] != batch:
-                flush(evaluation)
-                buffer["batch"] = batch
-            for geometry, (transform, _) in pipelines.items():
-                if geometry not in tensors:
-                    tensors[geometry] = transform(image)
-            buffer["rows"].append((dict(tensors), label, index))
-    for evaluation in evaluations:
-        flush(evaluation)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        nesting.run(drain=True)  # the examples still waiting or in the queues
+            reads.passed += 1
+            image, label, kind, converted = read_row(
+                [row[column] for column in opened.image_columns],
+                row[opened.label_column],
+                spec.num_classes,
+                opened.label_fn,
+            )
+            tensors = {}
+            for evaluation, batch in owned:
+                record = stats[evaluation.name]
+                record["seen"] += 1
+                if kind is not None:
+                    record["counts"][kind] += 1
+                    continue
+                record["kept"] += 1
+                if converted is not None:
+                    record["counts"][f"converted_{converted}"] += 1
+                buffer = buffers[evaluation.name]
+                if buffer["batch"] != batch:
+                    flush(evaluation)
+                    buffer["batch"] = batch
+                for geometry, transform in transforms.items():
+                    if geometry not in tensors:
+                        tensors[geometry] = transform(image)
+                buffer["rows"].append((dict(tensors), label, index))
+        for evaluation in evaluations:
+            flush(evaluation)
+        scoring.finish()
+    finally:
+        scoring.close()
+        torch.set_num_threads(threads)
+    correct = Counter()
+    for lane in lanes:
+        correct.update(lane.correct)
     return correct, stats, {"process_index": rank, **reads.as_dict()}
 
 
