@@ -1,35 +1,42 @@
 """
-Time of the robustness evaluation, side by side in one run: this code against a copy of an earlier commit, and
-against a straightforward torchattacks loop; plus the early-stop rates behind the protocol cost of docs/cost.md.
+Time of the robustness evaluation, this code against a copy of an earlier commit and against a straightforward
+torchattacks loop; plus the early-stop rates behind the protocol cost of docs/cost.md.
 
-1. `mnist` suite, the robustness-evaluation stage of the default run (`hf_nullspace/assets/default_run.json`): the
-   bundled vit-tiny-mnist scored as "base" (a path) and "finetuned" (a model object) on the 1,000 bundled digits,
-   batch size 250, seed 42. "before" imports a checkout of `--before` (`git worktree add DIR COMMIT`), "after" this
-   tree; the two run at the same time in two fresh processes, and the report rows of both are compared. A third
-   process ("floor") runs this tree on the suite without its attack rows: clean and the 50 corruption rows, the part
-   of the stage that no attack convention changes.
-2. `attacks` suite (clean, FGSM and PGD-10 with step eps/4 at eps 1, 2, 4, 8 /255) on both bundled models
+Every part runs alone, one after the other, in fresh processes: lanes (threads) use the machine's cores, so the parts
+must not share them. Each reports its wall seconds (what a user waits) and its CPU seconds (the work, summed over
+threads). Run it on an otherwise idle machine; `--repeats` alternates the runs and reports medians.
+
+1. `make run`'s robustness stage, as `make run` itself times it ("Stage seconds" of `trainer_scripts/run.py`
+   under `accelerate launch`, which gives the process one torch thread): this tree against the checkout `--before`
+   (`git worktree add DIR COMMIT`), each with its own embedded default (`--make-run`, optional: about 2 minutes a run).
+2. The same stage's workload with a fixed model: the `mnist` suite with the bundled vit-tiny-mnist scored as "base"
+   (a path) and "finetuned" (a model object) on the 1,000 bundled digits, batch size 250, seed 42, one torch thread
+   (`OMP_NUM_THREADS=1`, as `accelerate launch` sets it): "before" imports `--before`; "after" this tree with its
+   default lanes (the cores that torch's one thread leaves idle); "after, 1 lane" this tree with `workers=1` (what
+   the attack changes alone save); "floor" this tree, default lanes, without the attack rows. The report rows of
+   before and after are compared.
+3. `attacks` suite (clean, FGSM and PGD-10 with step eps/4 at eps 1, 2, 4, 8 /255) on both bundled models
    (`--attack-rows` evenly spaced rows of the bundled digits; of the texture test patches, built by
    `trainer_scripts/train_base_model.py`), against a loop that scores the same rows in batches of 250 with
    `torchattacks.FGSM` and `torchattacks.PGD` (random start): one clean forward, then every example attacked and
-   scored for every budget. One process per model, ours and the loop in turn.
-3. Early stop on the bundled models for CW-L2 (`suites.CW_PARAMS`) and Patch-Fool (`suites.PATCHFOOL_PARAMS`, with
+   scored for every budget. Twice: on one core (one torch thread, one lane: the work), and on the whole machine
+   (ours with its default lanes, the loop with one torch thread per core, PyTorch's own way to use them).
+4. Early stop on the bundled models for CW-L2 (`suites.CW_PARAMS`) and Patch-Fool (`suites.PATCHFOOL_PARAMS`, with
    patch selection on the average attention of all layers: the bundled ViTs have 4 layers): clean accuracy, share
    of attacked examples never broken, and steps taken by broken and by robust examples, from which docs/cost.md
    recomputes the protocol's passes.
 
-All parts run at the same time, one process and one torch thread each; each reports its CPU seconds (the project's
-CPU machine is shared, so wall time says more about the other users than about the code). Prints a summary, writes
-benchmarks/results/eval_speed.json and eval_speed.png.
+Prints a summary, writes benchmarks/results/eval_speed.json and eval_speed.png.
 
     git worktree add /tmp/hf-nullspace-before 17a39b1
-    python benchmarks/eval_speed.py --before /tmp/hf-nullspace-before
+    python benchmarks/eval_speed.py --before /tmp/hf-nullspace-before --repeats 2 --make-run
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,44 +59,41 @@ path = sys.argv[1]
 finetuned = load_classifier(path).eval()
 processor = AutoImageProcessor.from_pretrained(path)
 suite = get_suite("mnist")
-if len(sys.argv) > 2:  # the floor: the suite without its attack rows
+if "floor" in sys.argv:  # the suite without its attack rows
     suite.evaluations = [e for e in suite.evaluations if e.attack is None]
+options = {"workers": 1} if "one-lane" in sys.argv else {}
 start, cpu = time.perf_counter(), time.process_time()
 report = evaluate_robustness({"base": path, "finetuned": finetuned}, image_processor=processor, suite=suite,
-                             max_samples=1000, batch_size=250, seed=42, progress=False)
+                             max_samples=1000, batch_size=250, seed=42, progress=False, **options)
 seconds, wall = time.process_time() - cpu, time.perf_counter() - start
 values = {m["name"]: {r["benchmark"]: r["value"] for r in m["results"]} for m in report.to_dict()["models"]}
 print("RESULT " + json.dumps({"seconds": seconds, "wall_seconds": wall, "values": values}))
 """
 
 
-def start_stage(code_root: str, floor: bool = False) -> subprocess.Popen:
+def run_stage(code_root: str, *flags: str) -> dict:
+    """One run of the stage's workload in a fresh process (one torch thread) importing `code_root`."""
     env = dict(os.environ, PYTHONPATH=code_root, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-c", STAGE, os.path.join(ASSETS, MODELS["mnist"])]
-    command += ["floor"] if floor else []
-    return subprocess.Popen(
-        command, env=env, cwd=code_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-
-
-def stage_result(process: subprocess.Popen) -> dict:
-    out, _ = process.communicate()
-    if process.returncode:
-        raise RuntimeError(f"the mnist stage failed with exit code {process.returncode}")
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    command = [sys.executable, "-c", STAGE, os.path.join(ASSETS, MODELS["mnist"]), *flags]
+    done = subprocess.run(command, env=env, cwd=code_root, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the mnist stage failed with exit code {done.returncode}:\n{done.stderr[-2000:]}")
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
 def mnist_stage(before: str, repeats: int) -> dict:
-    """Before and after run at the same time (two processes, one thread each), `repeats` times, with a third process:
-    this code on the suite without its attack rows (clean and the 50 corruptions: what no attack change can save)."""
-    runs = {"before": [], "after": [], "floor": []}
+    """The runs one after the other, alternating, `repeats` times (medians): before, after (default lanes), after with
+    one lane, and the floor (after, default lanes, without the attack rows)."""
+    variants = {"before": (before,), "after": (ROOT,), "after_one_lane": (ROOT, "one-lane"), "floor": (ROOT, "floor")}
+    runs = {label: [] for label in variants}
     for _ in range(repeats):
-        started = {"before": start_stage(before), "after": start_stage(ROOT), "floor": start_stage(ROOT, floor=True)}
-        for label, process in started.items():
-            runs[label].append(stage_result(process))
-            print(f"  mnist stage {label}: {runs[label][-1]['seconds']:.1f} s CPU", flush=True)
-    seconds = {label: statistics.median(r["seconds"] for r in result) for label, result in runs.items()}
-    values = {label: runs[label][0]["values"] for label in ("before", "after")}
+        for label, arguments in variants.items():
+            runs[label].append(run_stage(*arguments))
+            last = runs[label][-1]
+            print(f"  mnist stage {label}: {last['wall_seconds']:.1f} s wall, {last['seconds']:.1f} s CPU", flush=True)
+    wall = {label: statistics.median(r["wall_seconds"] for r in result) for label, result in runs.items()}
+    cpu = {label: statistics.median(r["seconds"] for r in result) for label, result in runs.items()}
+    values = {label: runs[label][0]["values"] for label in ("before", "after", "after_one_lane")}
     same, pgd_not_higher = [], []
     for model, rows in values["before"].items():
         for row, value in rows.items():
@@ -98,14 +102,40 @@ def mnist_stage(before: str, repeats: int) -> dict:
                 new <= value if row.startswith("pgd") else new == value
             )
     return {
-        "cpu_seconds": seconds,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "runs": runs,
-        "ratio": seconds["after"] / seconds["before"],
-        "floor_ratio": seconds["floor"] / seconds["before"],
+        "ratio": wall["after"] / wall["before"],
+        "ratio_one_lane": wall["after_one_lane"] / wall["before"],
+        "cpu_ratio": cpu["after"] / cpu["before"],
+        "floor_ratio": wall["floor"] / wall["before"],
         "values": values,
         "clean_fgsm_corruption_identical": all(same),
         "pgd_not_higher": all(pgd_not_higher),
+        "lanes_identical_to_one_lane": values["after"] == values["after_one_lane"],
     }
+
+
+def make_run_stage(before: str, repeats: int) -> dict:
+    """`accelerate launch trainer_scripts/run.py` (the embedded default) in both trees, one after the other: the
+    seconds of its "robustness evaluation" stage, as the job prints them."""
+    runs = {"before": [], "after": []}
+    for _ in range(repeats):
+        for label, root in (("before", before), ("after", ROOT)):
+            output = os.path.join("/tmp", f"hf_nullspace_eval_speed_run_{label}")
+            shutil.rmtree(output, ignore_errors=True)
+            command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch"]
+            command += ["trainer_scripts/run.py", "--output_dir", output]
+            env = dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1")
+            done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("Stage seconds: ")]
+            if done.returncode or not lines:
+                raise RuntimeError(f"make run ({label}) failed:\n{done.stderr[-2000:]}")
+            stages = json.loads(lines[-1][len("Stage seconds: ") :])
+            runs[label].append(stages)
+            print(f"  make run {label}: robustness stage {stages['robustness evaluation']:.1f} s", flush=True)
+    seconds = {label: statistics.median(r["robustness evaluation"] for r in result) for label, result in runs.items()}
+    return {"stage_seconds": seconds, "ratio": seconds["after"] / seconds["before"], "runs": runs}
 
 
 def _rows(name: str, textures_dir: str, count: int = 1000):
@@ -149,15 +179,18 @@ def torchattacks_loop(model, images, labels, budgets, batch_size: int) -> dict:
 
 
 def attacks_suite(name: str, textures_dir: str, repeats: int, rows: int) -> dict:
+    """Ours and the torchattacks loop in turn, on one core and on the whole machine, `repeats` times (medians)."""
     import torch
     from transformers import AutoImageProcessor
 
     from hf_nullspace.classifier import load_classifier
     from hf_nullspace.data import spec_from_source
     from hf_nullspace.robustness import evaluate_robustness, get_suite
+    from hf_nullspace.robustness.evaluate import evaluation_workers
     from hf_nullspace.robustness.model import PixelSpaceClassifier
 
     torch.manual_seed(0)
+    cores = len(os.sched_getaffinity(0))
     budgets = tuple(k / 255 for k in (1, 2, 4, 8))
     path = os.path.join(ASSETS, MODELS[name])
     model = load_classifier(path).eval()
@@ -165,26 +198,44 @@ def attacks_suite(name: str, textures_dir: str, repeats: int, rows: int) -> dict
     data, images, labels = _rows(name, textures_dir, rows)
     suite = get_suite("attacks", data=spec_from_source(data, split="test", name=name, num_classes=10))
     wrapped = PixelSpaceClassifier.from_image_processor(model, processor).eval()
-    times = {"ours": [], "torchattacks": []}
+    # (torch threads, workers) of ours, torch threads of the loop
+    settings = {"one_core": ((1, 1), 1), "machine": ((1, None), cores)}
+    times = {s: {"ours": [], "torchattacks": [], "ours_cpu": [], "torchattacks_cpu": []} for s in settings}
+    lanes = {}
     for _ in range(repeats):
-        start = time.process_time()
-        report = evaluate_robustness(
-            {name: model}, processor, suite=suite, max_samples=rows, batch_size=250, seed=0, progress=False
-        )
-        times["ours"].append(time.process_time() - start)
-        model.eval()  # the wrapper of evaluate_robustness leaves the model in train mode (fixed elsewhere)
-        start = time.process_time()
-        oracle = torchattacks_loop(wrapped, images, labels, budgets, 250)
-        times["torchattacks"].append(time.process_time() - start)
+        for setting, ((threads, workers), loop_threads) in settings.items():
+            torch.set_num_threads(threads)
+            lanes[setting] = evaluation_workers("cpu", workers)
+            start, cpu = time.perf_counter(), time.process_time()
+            report = evaluate_robustness(
+                {name: model},
+                processor,
+                suite=suite,
+                max_samples=rows,
+                batch_size=250,
+                seed=0,
+                progress=False,
+                workers=workers,
+            )
+            times[setting]["ours"].append(time.perf_counter() - start)
+            times[setting]["ours_cpu"].append(time.process_time() - cpu)
+            torch.set_num_threads(loop_threads)
+            start, cpu = time.perf_counter(), time.process_time()
+            oracle = torchattacks_loop(wrapped, images, labels, budgets, 250)
+            times[setting]["torchattacks"].append(time.perf_counter() - start)
+            times[setting]["torchattacks_cpu"].append(time.process_time() - cpu)
     ours = {r["benchmark"]: r["value"] for r in report.to_dict()["models"][0]["results"]}
-    seconds = {key: statistics.median(value) for key, value in times.items()}
-    return {
-        "rows": rows,
-        "cpu_seconds": seconds,
-        "all_cpu_seconds": times,
-        "ratio": seconds["ours"] / seconds["torchattacks"],
-        "accuracy": {"ours": ours, "torchattacks": oracle},
-    }
+    result = {"rows": rows, "cores": cores, "accuracy": {"ours": ours, "torchattacks": oracle}}
+    for setting, ((threads, _), loop_threads) in settings.items():
+        wall = {key: statistics.median(times[setting][key]) for key in ("ours", "torchattacks")}
+        result[setting] = {
+            "ours": f"{threads} torch thread, {lanes[setting]} lane(s)",
+            "torchattacks": f"{loop_threads} torch thread(s)",
+            "wall_seconds": wall,
+            "all_seconds": times[setting],
+            "ratio": wall["ours"] / wall["torchattacks"],
+        }
+    return result
 
 
 def early_stop_rates(textures_dir: str, count: int) -> dict:
@@ -235,23 +286,30 @@ def figure(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stage = results["mnist_stage"]["cpu_seconds"]
+    stage = results["mnist_stage"]["wall_seconds"]
     labels, before, after = ["mnist suite\n(default run stage)"], [stage["before"]], [stage["after"]]
+    if "make_run" in results:
+        run = results["make_run"]["stage_seconds"]
+        labels.insert(0, "make run's\nrobustness stage")
+        before.insert(0, run["before"])
+        after.insert(0, run["after"])
     for name, entry in results["attacks_suite"].items():
-        labels.append(f"attacks suite\n{name}")
-        before.append(entry["cpu_seconds"]["torchattacks"])
-        after.append(entry["cpu_seconds"]["ours"])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+        for setting, title in (("one_core", "one core"), ("machine", "whole machine")):
+            labels.append(f"attacks suite\n{name}, {title}")
+            before.append(entry[setting]["wall_seconds"]["torchattacks"])
+            after.append(entry[setting]["wall_seconds"]["ours"])
+    fig, ax = plt.subplots(figsize=(10, 4))
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], before, 0.4, label="before (17a39b1) / torchattacks loop")
+    commit = results["before_commit"]
+    ax.bar([x - 0.2 for x in xs], before, 0.4, label=f"before ({commit}) / torchattacks loop")
     ax.bar([x + 0.2 for x in xs], after, 0.4, label="this code")
-    floor = results["mnist_stage"]["cpu_seconds"]["floor"]
-    ax.bar([0.2], [floor], 0.4, fill=False, hatch="//", label="this code without the attack rows (mnist suite)")
+    stage_x = labels.index("mnist suite\n(default run stage)")
+    ax.bar([stage_x + 0.2], [stage["floor"]], 0.4, fill=False, hatch="//", label="this code without the attack rows")
     for x, b, a in zip(xs, before, after):
         ax.text(x + 0.2, a, f"{a / b:.2f}x", ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("CPU seconds (1 torch thread)")
-    ax.set_title("Robustness evaluation time, side by side")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("wall seconds, each part alone")
+    ax.set_title(f"Robustness evaluation time, {results['machine']['cores']} cores")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -261,6 +319,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="checkout of the earlier commit (git worktree add DIR COMMIT)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--make-run", action="store_true", help="also time make run's stage in both trees")
     parser.add_argument("--attack-rows", type=int, default=500, help="rows per model of the attacks suite")
     parser.add_argument("--textures-dir", default="/tmp/hf_nullspace_eval_speed/textures-data")
     parser.add_argument("--early-stop-examples", type=int, default=200)
@@ -281,44 +340,59 @@ def main():
         script = os.path.join(ROOT, "trainer_scripts", "train_base_model.py")
         command = [sys.executable, script, "--dataset", "textures", "--data-only", "--data-dir", args.textures_dir]
         subprocess.run(command, check=True, capture_output=True)
-    # the parts run at the same time, one process and one thread each (the machine is shared: CPU time is reported)
-    env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    parts = {}
-    for part in ("attacks:mnist", "attacks:textures", "early_stop"):
-        command = [sys.executable, __file__, *sys.argv[1:], "--part", part]
-        parts[part] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     before_commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=args.before, capture_output=True, text=True
     ).stdout.strip()
-    stage = mnist_stage(args.before, args.repeats)
-    finished = {}
-    for part, process in parts.items():
-        out, _ = process.communicate()
-        finished[part] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    load = os.getloadavg()
     results = {
-        "machine": {"platform": platform.platform(), "torch_threads": 1, "load_average": os.getloadavg()},
-        "measure": "CPU seconds of each process (one torch thread), all parts running at the same time",
+        "machine": {"platform": platform.platform(), "cores": len(os.sched_getaffinity(0)), "load_average": load},
+        "measure": "wall and CPU seconds of each part run alone, one after the other, in fresh processes",
         "before_commit": before_commit,
         "repeats": args.repeats,
-        "mnist_stage": stage,
-        "attacks_suite": {name: finished[f"attacks:{name}"] for name in MODELS},
-        "early_stop": finished["early_stop"],
     }
+    if args.make_run:
+        results["make_run"] = make_run_stage(args.before, args.repeats)
+    results["mnist_stage"] = mnist_stage(args.before, args.repeats)
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
+    finished = {}
+    for part in ("attacks:mnist", "attacks:textures", "early_stop"):  # one at a time: lanes use every core
+        command = [sys.executable, __file__, *sys.argv[1:], "--part", part]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"part {part} failed:\n{done.stderr[-2000:]}")
+        finished[part] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        print(f"  {part} done", flush=True)
+    results["attacks_suite"] = {name: finished[f"attacks:{name}"] for name in MODELS}
+    results["early_stop"] = finished["early_stop"]
+    results["machine"]["load_average_after"] = os.getloadavg()
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "eval_speed.json"), "w") as f:
         json.dump(results, f, indent=2)
     figure(results, os.path.join(RESULTS, "eval_speed.png"))
+    stage = results["mnist_stage"]
+    if args.make_run:
+        run = results["make_run"]
+        print(
+            f"\nmake run's robustness stage: before {run['stage_seconds']['before']:.1f} s, after "
+            f"{run['stage_seconds']['after']:.1f} s, ratio {run['ratio']:.2f}"
+        )
+    wall, cpu = stage["wall_seconds"], stage["cpu_seconds"]
     print(
-        f"\nmnist suite (default run stage): before {stage['cpu_seconds']['before']:.1f} s, after "
-        f"{stage['cpu_seconds']['after']:.1f} s CPU, ratio {stage['ratio']:.2f}; clean/FGSM/corruption identical: "
-        f"{stage['clean_fgsm_corruption_identical']}, PGD not higher: {stage['pgd_not_higher']}; without its attack "
-        f"rows {stage['cpu_seconds']['floor']:.1f} s CPU, {stage['floor_ratio']:.2f} of before"
+        f"mnist suite (default run stage, fixed model): before {wall['before']:.1f} s, after {wall['after']:.1f} s "
+        f"wall, ratio {stage['ratio']:.2f} (one lane: {stage['ratio_one_lane']:.2f}; CPU seconds {cpu['before']:.1f} "
+        f"-> {cpu['after']:.1f}, {stage['cpu_ratio']:.2f}); clean/FGSM/corruption identical: "
+        f"{stage['clean_fgsm_corruption_identical']}, PGD not higher: {stage['pgd_not_higher']}, lanes = one lane: "
+        f"{stage['lanes_identical_to_one_lane']}; without its attack rows {wall['floor']:.1f} s, "
+        f"{stage['floor_ratio']:.2f} of before"
     )
     for name, entry in results["attacks_suite"].items():
-        print(
-            f"attacks suite {name}: ours {entry['cpu_seconds']['ours']:.1f} s, torchattacks loop "
-            f"{entry['cpu_seconds']['torchattacks']:.1f} s CPU, ratio {entry['ratio']:.2f}"
-        )
+        for setting in ("one_core", "machine"):
+            part = entry[setting]
+            print(
+                f"attacks suite {name}, {setting}: ours ({part['ours']}) {part['wall_seconds']['ours']:.1f} s, "
+                f"torchattacks loop ({part['torchattacks']}) {part['wall_seconds']['torchattacks']:.1f} s, "
+                f"ratio {part['ratio']:.2f}"
+            )
     print(json.dumps(results["early_stop"], indent=2))
 
 
