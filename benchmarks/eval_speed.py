@@ -8,7 +8,8 @@ threads). Run it on an otherwise idle machine; `--repeats` alternates the runs a
 
 1. `make run`'s robustness stage, as `make run` itself times it ("Stage seconds" of `trainer_scripts/run.py`
    under `accelerate launch`, which gives the process one torch thread): this tree against the checkout `--before`
-   (`git worktree add DIR COMMIT`), each with its own embedded default (`--make-run`, optional: about 2 minutes a run).
+   (`git worktree add DIR COMMIT`), each with its own embedded default, written to /tmp with another output folder
+   (`--make-run`, optional: about 2 minutes a run).
 2. The same stage's workload with a fixed model: the `mnist` suite with the bundled vit-tiny-mnist scored as "base"
    (a path) and "finetuned" (a model object) on the 1,000 bundled digits, batch size 250, seed 42, one torch thread
    (`OMP_NUM_THREADS=1`, as `accelerate launch` sets it): "before" imports `--before`; "after" this tree with its
@@ -124,8 +125,13 @@ def make_run_stage(before: str, repeats: int) -> dict:
         for label, root in (("before", before), ("after", ROOT)):
             output = os.path.join("/tmp", f"hf_nullspace_eval_speed_run_{label}")
             shutil.rmtree(output, ignore_errors=True)
+            # the tree's embedded default with another output folder, as the one argument both trees take
+            with open(os.path.join(root, "hf_nullspace", "assets", "default_run.json")) as f:
+                config = dict(json.load(f), output_dir=output)
+            with open(f"{output}.json", "w") as f:
+                json.dump(config, f)
             command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch"]
-            command += ["trainer_scripts/run.py", "--output_dir", output]
+            command += ["trainer_scripts/run.py", f"{output}.json"]
             env = dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1")
             done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("Stage seconds: ")]
