@@ -14,7 +14,8 @@ threads). Run it on an otherwise idle machine; `--repeats` alternates the runs a
    (a path) and "finetuned" (a model object) on the 1,000 bundled digits, batch size 250, seed 42, one torch thread
    (`OMP_NUM_THREADS=1`, as `accelerate launch` sets it): "before" imports `--before`; "after" this tree with its
    default lanes (the cores that torch's one thread leaves idle); "after, 1 lane" this tree with `workers=1` (what
-   the attack changes alone save); "floor" this tree, default lanes, without the attack rows. The report rows of
+   the attack changes alone save); "after, 2 threads" one lane with two torch threads (PyTorch's own way to use the
+   second core); "floor" this tree, default lanes, without the attack rows. The report rows of
    before and after are compared.
 3. `attacks` suite (clean, FGSM and PGD-10 with step eps/4 at eps 1, 2, 4, 8 /255) on both bundled models
    (`--attack-rows` evenly spaced rows of the bundled digits; of the texture test patches, built by
@@ -62,7 +63,9 @@ processor = AutoImageProcessor.from_pretrained(path)
 suite = get_suite("mnist")
 if "floor" in sys.argv:  # the suite without its attack rows
     suite.evaluations = [e for e in suite.evaluations if e.attack is None]
-options = {"workers": 1} if "one-lane" in sys.argv else {}
+options = {"workers": 1} if "one-lane" in sys.argv or "two-threads" in sys.argv else {}
+if "two-threads" in sys.argv:  # the other way to use a second core: PyTorch's own threads
+    torch.set_num_threads(2)
 start, cpu = time.perf_counter(), time.process_time()
 report = evaluate_robustness({"base": path, "finetuned": finetuned}, image_processor=processor, suite=suite,
                              max_samples=1000, batch_size=250, seed=42, progress=False, **options)
@@ -85,7 +88,13 @@ def run_stage(code_root: str, *flags: str) -> dict:
 def mnist_stage(before: str, repeats: int) -> dict:
     """The runs one after the other, alternating, `repeats` times (medians): before, after (default lanes), after with
     one lane, and the floor (after, default lanes, without the attack rows)."""
-    variants = {"before": (before,), "after": (ROOT,), "after_one_lane": (ROOT, "one-lane"), "floor": (ROOT, "floor")}
+    variants = {
+        "before": (before,),
+        "after": (ROOT,),
+        "after_one_lane": (ROOT, "one-lane"),
+        "after_two_threads": (ROOT, "two-threads"),
+        "floor": (ROOT, "floor"),
+    }
     runs = {label: [] for label in variants}
     for _ in range(repeats):
         for label, arguments in variants.items():
@@ -94,7 +103,7 @@ def mnist_stage(before: str, repeats: int) -> dict:
             print(f"  mnist stage {label}: {last['wall_seconds']:.1f} s wall, {last['seconds']:.1f} s CPU", flush=True)
     wall = {label: statistics.median(r["wall_seconds"] for r in result) for label, result in runs.items()}
     cpu = {label: statistics.median(r["seconds"] for r in result) for label, result in runs.items()}
-    values = {label: runs[label][0]["values"] for label in ("before", "after", "after_one_lane")}
+    values = {label: runs[label][0]["values"] for label in ("before", "after", "after_one_lane", "after_two_threads")}
     same, pgd_not_higher = [], []
     for model, rows in values["before"].items():
         for row, value in rows.items():
@@ -113,7 +122,9 @@ def mnist_stage(before: str, repeats: int) -> dict:
         "values": values,
         "clean_fgsm_corruption_identical": all(same),
         "pgd_not_higher": all(pgd_not_higher),
-        "lanes_identical_to_one_lane": values["after"] == values["after_one_lane"],
+        "lanes_identical_to_one_lane": values["after"] == values["after_one_lane"] == values["after_two_threads"],
+        "speedup_two_lanes": wall["after_one_lane"] / wall["after"],
+        "speedup_two_threads": wall["after_one_lane"] / wall["after_two_threads"],
     }
 
 
@@ -388,7 +399,8 @@ def main():
         f"wall, ratio {stage['ratio']:.2f} (one lane: {stage['ratio_one_lane']:.2f}; CPU seconds {cpu['before']:.1f} "
         f"-> {cpu['after']:.1f}, {stage['cpu_ratio']:.2f}); clean/FGSM/corruption identical: "
         f"{stage['clean_fgsm_corruption_identical']}, PGD not higher: {stage['pgd_not_higher']}, lanes = one lane: "
-        f"{stage['lanes_identical_to_one_lane']}; without its attack rows {wall['floor']:.1f} s, "
+        f"{stage['lanes_identical_to_one_lane']}; lanes {stage['speedup_two_lanes']:.2f}x one lane, two threads "
+        f"{stage['speedup_two_threads']:.2f}x; without its attack rows {wall['floor']:.1f} s, "
         f"{stage['floor_ratio']:.2f} of before"
     )
     for name, entry in results["attacks_suite"].items():
