@@ -541,14 +541,13 @@ class _Lane:
 class _Lanes:
     """Runs each lane's work in order on a thread of its own (in the calling thread when there is one lane), with at
     most `backlog` batches waiting per lane, so that decoded images do not pile up ahead of the scoring (the batches of
-    the evaluations that read the same rows share their images: a source's evaluations times 2 keeps about two batches
-    of rows per lane in memory). The batches
-    of an evaluation that the process scores go to the lanes in turn (batch `b` to lane `(b // stride) % lanes`,
-    `stride` being the number of processes when they take batches in turn, else 1); the batches of equal-capped
-    evaluations hold the same rows, so an attack row finds the clean verdicts and the nested rows' verdicts of its rows
-    in its own lane."""
+    the evaluations that read the same rows share their images: twice a source's evaluations keeps about two batches
+    of rows per lane in memory). The batches of an evaluation that the process scores go to the lanes in turn (batch
+    `b` to lane `(b // stride) % lanes`, `stride` being the number of processes when they take batches in turn, else
+    1); the batches of equal-capped evaluations hold the same rows, so an attack row finds the clean verdicts and the
+    nested rows' verdicts of its rows in its own lane."""
 
-    def __init__(self, lanes: list[_Lane], stride: int = 1, backlog: int = 2):
+    def __init__(self, lanes: list[_Lane], stride: int, backlog: int):
         self.lanes, self.stride = lanes, stride
         self.pools = (
             [ThreadPoolExecutor(1, thread_name_prefix="robustness-lane") for _ in lanes] if len(lanes) > 1 else []
