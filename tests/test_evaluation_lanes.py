@@ -141,3 +141,30 @@ def test_workers_default_to_the_cores_torch_leaves_idle(monkeypatch):
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="`workers` must be a positive integer"):
             evaluation_workers("cpu", workers=bad)
+
+
+def test_lanes_score_an_unmerged_lora_model_as_one_lane(digits):
+    """A `PeftModel` (the main job's unmerged LoRA) is copied per lane with its adapters sharing their weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from hf_nullspace.robustness.evaluate import _lane_copy
+
+    base = ViTForImageClassification.from_pretrained(MNIST_MODEL, hidden_dropout_prob=0.1)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    copy = _lane_copy(model)
+    assert all(a is b for a, b in zip(model.parameters(), copy.parameters()))
+    assert all(a is not b for a, b in zip(model.modules(), copy.modules()))
+    processor = AutoImageProcessor.from_pretrained(MNIST_MODEL)
+    suite = _suite(digits)
+    suite.evaluations = [e for e in suite.evaluations if e.attack in (None, "fgsm", "pgd")]
+    run = dict(suite=suite, batch_size=8, seed=3, progress=False)
+    one, two = (
+        _values(evaluate_robustness({"lora": model, "base": MNIST_MODEL}, processor, workers=w, **run)) for w in (1, 2)
+    )
+    assert one == two and one["lora"] != one["base"]
+    assert model.training
