@@ -518,19 +518,36 @@ class _Lane:
         self.nesting = _Nesting(evaluations, selections, queues, self.correct)
 
     def score(self, evaluation: Evaluation, batch: int, rows: list) -> None:
-        _score_batch(
-            evaluation,
-            batch,
-            rows,
-            self.pipelines,
-            self.correct,
-            self.seed,
-            self.device,
-            self.bf16,
-            self.clean_hits,
-            self.nesting,
-            self.gradients,
-        )
+        """Scores every model of the lane on one batch of `evaluation` (rows: tensors per geometry, label, index)."""
+        labels = torch.tensor([label for _, label, _ in rows], dtype=torch.long, device=self.device)
+        indices = [index for _, _, index in rows]
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        for geometry, (_, classifiers) in self.pipelines.items():
+            images = torch.stack([tensors[geometry] for tensors, _, _ in rows]).to(self.device)
+            if evaluation.corruption is not None and evaluation.source == "data":
+                images = corrupt(images, evaluation.corruption, evaluation.severity, generator=self.seed + batch)
+            for name, classifier in classifiers.items():
+                with autocast:
+                    if evaluation.attack is None:
+                        with torch.inference_mode():
+                            hits = classifier(images).argmax(-1) == labels
+                        if evaluation.corruption is None:  # the clean forward: attacks of this source reuse it
+                            self.clean_hits.update(zip(((name, i) for i in indices), hits.tolist()))
+                        self.correct[(name, evaluation.name)] += int(hits.sum())
+                    else:
+                        clean = _clean(classifier, name, images, labels, indices, self.clean_hits)
+                        _attacked(
+                            name,
+                            classifier,
+                            images,
+                            labels,
+                            evaluation,
+                            self.seed,
+                            indices,
+                            clean,
+                            self.nesting,
+                            self.gradients,
+                        )
 
     def drain(self) -> None:
         """Scores the examples still waiting or in the queues."""
@@ -687,29 +704,6 @@ def _score_source(
     for lane in lanes:
         correct.update(lane.correct)
     return correct, stats, {"process_index": rank, **reads.as_dict()}
-
-
-def _score_batch(
-    evaluation, batch, rows, pipelines, correct, seed, device, bf16, clean_hits, nesting, gradients
-) -> None:
-    labels = torch.tensor([label for _, label, _ in rows], dtype=torch.long, device=device)
-    indices = [index for _, _, index in rows]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for geometry, (_, classifiers) in pipelines.items():
-        images = torch.stack([tensors[geometry] for tensors, _, _ in rows]).to(device)
-        if evaluation.corruption is not None and evaluation.source == "data":
-            images = corrupt(images, evaluation.corruption, evaluation.severity, generator=seed + batch)
-        for name, classifier in classifiers.items():
-            with autocast:
-                if evaluation.attack is None:
-                    with torch.inference_mode():
-                        hits = classifier(images).argmax(-1) == labels
-                    if evaluation.corruption is None:  # the clean forward: attacks of this source reuse it
-                        clean_hits.update(zip(((name, i) for i in indices), hits.tolist()))
-                    correct[(name, evaluation.name)] += int(hits.sum())
-                else:
-                    clean = _clean(classifier, name, images, labels, indices, clean_hits)
-                    _attacked(name, classifier, images, labels, evaluation, seed, indices, clean, nesting, gradients)
 
 
 def _clean(classifier, name, images, labels, indices, clean_hits) -> torch.Tensor:
